@@ -1,0 +1,430 @@
+//! Configuration: the typed TOML schema of SPEC §8, its defaults, and validation.
+//!
+//! Every table denies unknown fields, so a misspelt key is a start-up error that
+//! names the key and its line (the `toml` crate reports spans). The loaded
+//! configuration is validated once and then shared read-only as `Arc<Config>`.
+//! Durations are strings such as `"30s"`, `"5m"`, `"2h"`, `"5d"`.
+
+mod duration;
+
+pub use duration::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A config file that could not be read or does not match the schema.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name used in the banner, EHLO and Received headers. Default: the machine's host name.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Where the embedded store and generated certificate live. Default `./outpost-data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Default: the four ports of SPEC §1 on all addresses.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub relay: RelayConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Port 25: MX-facing; relays only for authenticated users and trusted networks.
+    Relay,
+    /// Ports 587/2525: STARTTLS, AUTH required.
+    Submission,
+    /// Port 465: implicit TLS (RFC 8314), AUTH required.
+    Submissions,
+}
+
+impl ListenerMode {
+    pub fn requires_auth(self) -> bool {
+        !matches!(self, ListenerMode::Relay)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub mode: ListenerMode,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Absent: a self-signed certificate is generated in `data_dir/tls/`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key; required when `cert` is set.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// CIDRs whose clients may relay through `relay` listeners without AUTH. Default: none.
+    #[serde(default)]
+    pub trusted_networks: Vec<IpNet>,
+    /// Domains Outpost receives mail for itself (bounces, complaints); anyone may send
+    /// to them on port 25. Default: `hostname`.
+    #[serde(default)]
+    pub local_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message accepted, in octets (SIZE is advertised with it). Default 50 MiB.
+    pub max_message_size: usize,
+    /// Recipients per message; more get `452 4.5.3`. Default 1000.
+    pub max_recipients: usize,
+    /// Longest command line, in octets including CRLF; longer gets `500 5.5.2`. Default 4096.
+    pub max_line_length: usize,
+    /// Simultaneous connections over all listeners. Default 10,000.
+    pub max_connections: usize,
+    /// Simultaneous connections from one client IP. Default 100.
+    pub max_connections_per_ip: usize,
+    /// Wait for a command before `421`. Default 5m.
+    pub command_timeout: Duration,
+    /// Wait for message data before `421`. Default 10m.
+    pub data_timeout: Duration,
+    /// Commands that are neither mail nor valid, before the connection is closed. Default 20.
+    pub max_errors: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_line_length: 4096,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_errors: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Failed AUTH attempts from one IP before it is refused. Default 5.
+    pub max_failures: u32,
+    /// How long an IP over `max_failures` is refused. Default 10m.
+    pub lockout: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_failures: 5,
+            lockout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Most messages committed with one fsync (group commit). Default 256.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { max_batch: 256 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// No TLS on this route, even when offered.
+    None,
+    /// STARTTLS when offered, plaintext otherwise.
+    Opportunistic,
+    /// STARTTLS required; the certificate is not verified.
+    Required,
+    /// STARTTLS required and the certificate verified for the host name.
+    Verify,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub tls: TlsPolicy,
+    /// Intervals between attempts; the last one repeats.
+    pub retry: Vec<Duration>,
+    /// Age after which deferred mail is bounced. Default 5d.
+    pub max_age: Duration,
+    /// Per-destination connection limit. Default 10.
+    pub max_connections_per_domain: usize,
+    /// Messages sent over one connection before it is closed. Default 100.
+    pub max_messages_per_connection: usize,
+    /// Optional messages-per-minute ceiling per destination domain.
+    pub messages_per_minute: Option<u32>,
+    /// Per-domain overrides of the shaping limits.
+    pub domains: Vec<DomainShaping>,
+    /// Timeout for connecting and for each reply of the remote server. Default 5m.
+    pub timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            tls: TlsPolicy::Opportunistic,
+            retry: ["5m", "10m", "20m", "40m", "1h", "2h", "4h"]
+                .iter()
+                .map(|s| s.parse().expect("built-in durations parse"))
+                .collect(),
+            max_age: Duration::from_secs(5 * 86_400),
+            max_connections_per_domain: 10,
+            max_messages_per_connection: 100,
+            messages_per_minute: None,
+            domains: Vec::new(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainShaping {
+    pub domain: String,
+    pub max_connections: Option<usize>,
+    pub max_messages_per_connection: Option<usize>,
+    pub messages_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Recipient domain, or `*` for every domain.
+    pub domain: String,
+    /// `host:port` to deliver to instead of the domain's MX.
+    pub to: String,
+    /// Overrides `delivery.tls` for this route.
+    pub tls: Option<TlsPolicy>,
+    /// AUTH credentials for a smart host.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `ip:port` of resolvers to use instead of the system's.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub public_url: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8025".parse().expect("literal address"),
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: String,
+}
+
+fn default_hostname() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("outpost-data")
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    [
+        (25, ListenerMode::Relay),
+        (587, ListenerMode::Submission),
+        (465, ListenerMode::Submissions),
+        (2525, ListenerMode::Submission),
+    ]
+    .into_iter()
+    .map(|(port, mode)| ListenerConfig {
+        addr: SocketAddr::from(([0, 0, 0, 0], port)),
+        mode,
+    })
+    .collect()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_toml("").expect("the empty configuration is valid")
+    }
+}
+
+impl Config {
+    /// Loads and validates a TOML file; errors name the file, the line and the key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        if config.relay.local_domains.is_empty() {
+            config.relay.local_domains.push(config.hostname.clone());
+        }
+        for domain in &mut config.relay.local_domains {
+            *domain = domain.to_ascii_lowercase();
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return invalid(format!("hostname {:?} is not a host name", self.hostname));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert and tls.key must be set together".into());
+        }
+        if self.limits.max_line_length < 512 {
+            // RFC 5321 §4.5.3.1.4: a command line of 512 octets must be accepted.
+            return invalid("limits.max_line_length must be at least 512".into());
+        }
+        if self.limits.max_recipients < 1 || self.limits.max_connections < 1 {
+            return invalid("limits.max_recipients and limits.max_connections must be at least 1".into());
+        }
+        if self.delivery.retry.is_empty() {
+            return invalid("delivery.retry needs at least one interval".into());
+        }
+        if self.store.max_batch < 1 {
+            return invalid("store.max_batch must be at least 1".into());
+        }
+        for route in &self.routes {
+            if route.to.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return invalid(format!(
+                    "routes: `to = {:?}` for domain {:?} must be host:port",
+                    route.to, route.domain
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_the_four_default_listeners() {
+        let config = Config::default();
+        let ports: Vec<u16> = config.listeners.iter().map(|l| l.addr.port()).collect();
+        assert_eq!(ports, vec![25, 587, 465, 2525]);
+        assert_eq!(config.limits.max_message_size, 52_428_800);
+        assert_eq!(config.delivery.retry.len(), 7);
+        assert_eq!(config.relay.local_domains, vec![config.hostname.clone()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::from_toml("hostname = \"a.example\"\n\n[limits]\nmax_mesage_size = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_mesage_size"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let err = Config::from_toml("[limits]\nmax_recipients = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("max_recipients"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_rejected() {
+        let err = Config::from_toml("[delivery]\nmax_age = \"5 fortnights\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn listeners_and_trusted_networks_parse() {
+        let config = Config::from_toml(
+            "[[listeners]]\naddr = \"127.0.0.1:2525\"\nmode = \"relay\"\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].mode, ListenerMode::Relay);
+        assert!(config.relay.trusted_networks[0].contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap()));
+    }
+}

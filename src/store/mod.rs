@@ -1,0 +1,68 @@
+//! The store: everything Outpost must not forget (messages, envelopes, per-recipient
+//! delivery state, users and their domains), behind one object-safe trait so that a
+//! PostgreSQL backend can later serve several nodes (SPEC §3, §10).
+//!
+//! # Durability contract
+//! A write future resolves `Ok` only after its data is on stable storage. Inbound
+//! replies `250` only after `enqueue` resolved `Ok`; any error becomes `452 4.3.1`
+//! (temporary), so a client never hears `250` for a message that is not on disk.
+//! Writes may share one commit (group commit); none skips it.
+//!
+//! # Recovery
+//! There is nothing to replay: a message is either in a committed transaction or it
+//! never got a `250`. On start-up the delivery engine finds every recipient that is
+//! not final and schedules it, so messages that were being delivered when the
+//! process died are delivered again (at least once).
+
+mod sqlite;
+mod types;
+
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+use std::future::Future;
+use std::pin::Pin;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The disk or database is full.
+    #[error("store is full: {0}")]
+    Full(String),
+    /// The named record already exists.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// Anything else: I/O errors, corruption, a stopped writer.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Store errors never mean the request itself was wrong, except a conflict.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Conflict(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+pub trait Store: Send + Sync {
+    /// Durably stores a message and its envelope; resolves after the commit.
+    fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()>;
+    /// Messages that still have recipients in a non-final state, oldest first.
+    fn queued_messages(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>>;
+    /// One message's envelope and per-recipient state.
+    fn message(&self, id: &QueueId) -> StoreFuture<'_, Option<MessageSummary>>;
+    /// The stored message bytes (headers and body).
+    fn message_content(&self, id: &QueueId) -> StoreFuture<'_, Option<Vec<u8>>>;
+    /// Removes a message and its recipients; false if there was none.
+    fn delete_message(&self, id: &QueueId) -> StoreFuture<'_, bool>;
+
+    fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
+    fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>>;
+    fn users(&self) -> StoreFuture<'_, Vec<UserRecord>>;
+    /// False if there is no such user.
+    fn remove_user(&self, name: &str) -> StoreFuture<'_, bool>;
+    /// False if there is no such user.
+    fn set_password(&self, name: &str, password_hash: &str) -> StoreFuture<'_, bool>;
+}

@@ -1,0 +1,140 @@
+//! Records the store keeps.
+
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// A queue id: 12 hex digits of milliseconds since the epoch, then 8 random hex
+/// digits, so ids sort by arrival and do not collide across nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct QueueId(pub(super) String);
+
+impl QueueId {
+    pub fn generate() -> QueueId {
+        let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        QueueId(format!("{:012X}{:08X}", millis & 0xFFFF_FFFF_FFFF, rand::random::<u32>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 20 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(QueueId(s.to_ascii_uppercase()))
+        } else {
+            Err(format!("{s:?} is not a queue id (20 hex digits)"))
+        }
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a recipient stands. `Delivered`, `Bounced`, `Suppressed` and `Local` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    /// Waiting for its first attempt.
+    Queued,
+    /// An attempt failed temporarily; another is due at `next_attempt`.
+    Deferred,
+    Delivered,
+    Bounced,
+    Suppressed,
+    /// Addressed to one of Outpost's own domains (bounces, complaints); kept for
+    /// processing, never relayed.
+    Local,
+}
+
+impl RecipientStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientStatus::Queued => "queued",
+            RecipientStatus::Deferred => "deferred",
+            RecipientStatus::Delivered => "delivered",
+            RecipientStatus::Bounced => "bounced",
+            RecipientStatus::Suppressed => "suppressed",
+            RecipientStatus::Local => "local",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecipientStatus> {
+        Some(match s {
+            "queued" => RecipientStatus::Queued,
+            "deferred" => RecipientStatus::Deferred,
+            "delivered" => RecipientStatus::Delivered,
+            "bounced" => RecipientStatus::Bounced,
+            "suppressed" => RecipientStatus::Suppressed,
+            "local" => RecipientStatus::Local,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, RecipientStatus::Queued | RecipientStatus::Deferred)
+    }
+}
+
+/// A recipient as accepted: its address and whether it is for one of our own domains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub address: String,
+    pub local: bool,
+}
+
+/// A message accepted by inbound, ready to be committed.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: QueueId,
+    /// Envelope sender; empty for the null sender `<>`.
+    pub mail_from: String,
+    pub recipients: Vec<NewRecipient>,
+    /// The authenticated user who submitted it, if any.
+    pub auth_user: Option<String>,
+    /// Needs SMTPUTF8 from the next hop.
+    pub smtputf8: bool,
+    /// The full message, headers included, CRLF line endings, not dot-stuffed.
+    pub content: Vec<u8>,
+    /// Unix milliseconds.
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientState {
+    pub address: String,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    /// Unix milliseconds of the next attempt, for queued and deferred recipients.
+    pub next_attempt: i64,
+    pub last_reply: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageSummary {
+    pub id: QueueId,
+    pub mail_from: String,
+    pub auth_user: Option<String>,
+    pub size: usize,
+    pub received_at: i64,
+    pub smtputf8: bool,
+    pub recipients: Vec<RecipientState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+    pub admin: bool,
+    /// Lower-case domains this user may send as.
+    pub domains: Vec<String>,
+}
