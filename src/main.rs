@@ -1,1 +1,238 @@
-fn main() {}
+//! The `outpost` command line: parses arguments, loads the configuration, and calls
+//! the library. Nothing else lives here.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use outpost::auth::password;
+use outpost::config::Config;
+use outpost::store::{QueueId, SqliteStore, Store, UserRecord};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "outpost", version, about = "Self-hosted SMTP relay")]
+struct Cli {
+    /// Configuration file (TOML). Without it, built-in defaults are used.
+    #[arg(long, global = true, env = "OUTPOST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve,
+    /// Manage sending users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect and manage the queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints a generated password unless --password-stdin.
+    Add {
+        name: String,
+        /// A domain this user may send as (repeatable).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// May use the admin endpoints of the HTTP API.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users and their domains.
+    List,
+    /// Remove a user.
+    Remove { name: String },
+    /// Set a new password (generated, or from standard input).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Messages with recipients still to be delivered.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One message's envelope and per-recipient state.
+    Show { id: String },
+    /// Remove a message from the queue.
+    Delete { id: String },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = Arc::new(match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::User(cmd) => user(&config, cmd).await,
+            Command::Queue(cmd) => queue(&config, cmd).await,
+        }
+    })
+}
+
+async fn serve(config: Arc<Config>) -> Result<()> {
+    let running = outpost::server::start(config.clone())
+        .await
+        .context("start-up failed")?;
+    tracing::info!(hostname = %config.hostname, data_dir = %config.data_dir.display(), "Outpost is running");
+    tokio::select! {
+        _ = running.wait() => bail!("listeners stopped unexpectedly"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; stopping");
+            Ok(())
+        }
+    }
+}
+
+fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
+    SqliteStore::open(&config.data_dir, config.store.max_batch)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+}
+
+fn read_or_generate_password(from_stdin: bool) -> Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((password::generate(), true));
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the password from standard input")?;
+    let password = text.trim_end_matches(['\r', '\n']).to_string();
+    if password.len() < 8 {
+        bail!("the password must have at least 8 characters");
+    }
+    Ok((password, false))
+}
+
+async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
+    let store = open_store(config)?;
+    match cmd {
+        UserCommand::Add {
+            name,
+            domains,
+            admin,
+            password_stdin,
+        } => {
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                bail!("user name {name:?} must be non-empty without spaces");
+            }
+            let mut checked = Vec::new();
+            for d in &domains {
+                let domain = outpost::smtp::Domain::parse(d)
+                    .with_context(|| format!("--domain {d:?} is not a domain name"))?;
+                checked.push(domain.to_string());
+            }
+            let (password, generated) = read_or_generate_password(password_stdin)?;
+            store
+                .add_user(UserRecord {
+                    name: name.clone(),
+                    password_hash: password::hash(&password),
+                    admin,
+                    domains: checked.clone(),
+                })
+                .await?;
+            println!("user {name} added (domains: {})", checked.join(", "));
+            if generated {
+                println!("password: {password}");
+                println!("(shown once; only its hash is stored)");
+            }
+        }
+        UserCommand::List => {
+            for u in store.users().await? {
+                println!(
+                    "{}\t{}\t{}",
+                    u.name,
+                    if u.admin { "admin" } else { "-" },
+                    u.domains.join(",")
+                );
+            }
+        }
+        UserCommand::Remove { name } => {
+            if !store.remove_user(&name).await? {
+                bail!("no user {name:?}");
+            }
+            println!("user {name} removed");
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let (password, generated) = read_or_generate_password(password_stdin)?;
+            if !store
+                .set_password(&name, &password::hash(&password))
+                .await?
+            {
+                bail!("no user {name:?}");
+            }
+            println!("password of {name} changed");
+            if generated {
+                println!("password: {password}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn queue(config: &Config, cmd: QueueCommand) -> Result<()> {
+    let store = open_store(config)?;
+    let parse_id = |id: &str| id.parse::<QueueId>().map_err(anyhow::Error::msg);
+    match cmd {
+        QueueCommand::List { limit } => {
+            let messages = store.queued_messages(limit).await?;
+            for m in &messages {
+                let pending = m.recipients.iter().filter(|r| !r.status.is_final()).count();
+                let received = chrono::DateTime::from_timestamp_millis(m.received_at)
+                    .map_or_else(String::new, |t| t.to_rfc3339());
+                println!(
+                    "{}\t{}\t<{}>\t{} bytes\t{}/{} pending",
+                    m.id,
+                    received,
+                    m.mail_from,
+                    m.size,
+                    pending,
+                    m.recipients.len()
+                );
+            }
+            println!("{} message(s)", messages.len());
+        }
+        QueueCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let Some(m) = store.message(&id).await? else {
+                bail!("no message {id}");
+            };
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        QueueCommand::Delete { id } => {
+            let id = parse_id(&id)?;
+            if !store.delete_message(&id).await? {
+                bail!("no message {id}");
+            }
+            println!("message {id} deleted");
+        }
+    }
+    Ok(())
+}

@@ -30,9 +30,9 @@ impl FromStr for Duration {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like \"30s\", \"5m\", \"2h\" or \"5d\""))?;
+        let value: u64 = number.parse().map_err(|_| {
+            format!("{s:?} is not a duration like \"30s\", \"5m\", \"2h\" or \"5d\"")
+        })?;
         let unit_secs = match unit {
             "ms" => return Ok(Duration(std::time::Duration::from_millis(value))),
             "s" => 1,

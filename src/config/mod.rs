@@ -357,7 +357,9 @@ impl Config {
             return invalid("limits.max_line_length must be at least 512".into());
         }
         if self.limits.max_recipients < 1 || self.limits.max_connections < 1 {
-            return invalid("limits.max_recipients and limits.max_connections must be at least 1".into());
+            return invalid(
+                "limits.max_recipients and limits.max_connections must be at least 1".into(),
+            );
         }
         if self.delivery.retry.is_empty() {
             return invalid("delivery.retry needs at least one interval".into());
@@ -366,7 +368,12 @@ impl Config {
             return invalid("store.max_batch must be at least 1".into());
         }
         for route in &self.routes {
-            if route.to.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if route
+                .to
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 return invalid(format!(
                     "routes: `to = {:?}` for domain {:?} must be host:port",
                     route.to, route.domain
@@ -425,6 +432,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.listeners.len(), 1);
         assert_eq!(config.listeners[0].mode, ListenerMode::Relay);
-        assert!(config.relay.trusted_networks[0].contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap()));
+        assert!(
+            config.relay.trusted_networks[0]
+                .contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap())
+        );
     }
 }

@@ -26,7 +26,8 @@ impl Domain {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+                && l.chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
         };
         text.split('.')
             .all(valid_label)
@@ -63,7 +64,12 @@ impl Mailbox {
             None => text,
         };
         let (local, domain) = text.rsplit_once('@')?;
-        if local.is_empty() || local.len() > 64 || local.chars().any(|c| c.is_control() || c == ' ' && !local.starts_with('"')) {
+        if local.is_empty()
+            || local.len() > 64
+            || local
+                .chars()
+                .any(|c| c.is_control() || c == ' ' && !local.starts_with('"'))
+        {
             return None;
         }
         Some(Mailbox {
@@ -116,10 +122,24 @@ mod tests {
 
     #[test]
     fn rejects_junk() {
-        for bad in ["", "noat", "@x", "a@", "a@-b.com", "a@b..c", "a@[999.1.1.1]", "a b@c.d"] {
+        for bad in [
+            "",
+            "noat",
+            "@x",
+            "a@",
+            "a@-b.com",
+            "a@b..c",
+            "a@[999.1.1.1]",
+            "a b@c.d",
+        ] {
             assert!(Mailbox::parse(bad).is_none(), "{bad}");
         }
-        assert!(Mailbox::parse("x@[192.0.2.1]").unwrap().domain().is_address_literal());
+        assert!(
+            Mailbox::parse("x@[192.0.2.1]")
+                .unwrap()
+                .domain()
+                .is_address_literal()
+        );
         assert!(Mailbox::parse("\"a b\"@c.d").is_some());
     }
 }

@@ -180,7 +180,10 @@ mod tests {
         let (out, n, status, v) = receive(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
         assert_eq!(out, b"Subject: x\r\n\r\nhello\r\n");
         assert_eq!(status, DataStatus::Done);
-        assert_eq!(&b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n"[n..], b"QUIT\r\n");
+        assert_eq!(
+            &b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n"[n..],
+            b"QUIT\r\n"
+        );
         assert_eq!(v, None);
     }
 
@@ -245,9 +248,18 @@ mod tests {
     #[test]
     fn bare_endings_found_in_bdat_data() {
         assert_eq!(find_bare_line_ending(b"a\r\nb\r\n"), None);
-        assert_eq!(find_bare_line_ending(b"a\nb"), Some(LineEndingViolation::BareLf));
-        assert_eq!(find_bare_line_ending(b"a\rb"), Some(LineEndingViolation::BareCr));
-        assert_eq!(find_bare_line_ending(b"a\r"), Some(LineEndingViolation::BareCr));
+        assert_eq!(
+            find_bare_line_ending(b"a\nb"),
+            Some(LineEndingViolation::BareLf)
+        );
+        assert_eq!(
+            find_bare_line_ending(b"a\rb"),
+            Some(LineEndingViolation::BareCr)
+        );
+        assert_eq!(
+            find_bare_line_ending(b"a\r"),
+            Some(LineEndingViolation::BareCr)
+        );
     }
 
     #[test]

@@ -79,13 +79,21 @@ impl Reply {
     }
     pub fn cannot_vrfy() -> Reply {
         // RFC 5321 §3.5.3: 252 when the server will not verify but will accept mail.
-        Reply::new(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+        Reply::new(
+            252,
+            "2.5.2",
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
     }
     pub fn expn_disabled() -> Reply {
         Reply::new(502, "5.5.1", "EXPN not available")
     }
     pub fn help() -> Reply {
-        Reply::new(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS AUTH")
+        Reply::new(
+            214,
+            "2.0.0",
+            "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS AUTH",
+        )
     }
     pub fn too_many_connections() -> Reply {
         Reply::new(421, "4.7.0", "Too many connections, try again later")
@@ -122,13 +130,21 @@ impl Reply {
     }
     pub fn encryption_required() -> Reply {
         // RFC 4954 §4/§6: 538 when the mechanism needs an encrypted channel.
-        Reply::new(538, "5.7.11", "Encryption required for requested authentication mechanism")
+        Reply::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism",
+        )
     }
     pub fn auth_failed() -> Reply {
         Reply::new(535, "5.7.8", "Authentication credentials invalid")
     }
     pub fn auth_locked_out() -> Reply {
-        Reply::new(421, "4.7.0", "Too many failed authentications from your address, try again later")
+        Reply::new(
+            421,
+            "4.7.0",
+            "Too many failed authentications from your address, try again later",
+        )
     }
     pub fn auth_mechanism_unknown() -> Reply {
         Reply::new(504, "5.5.4", "Unrecognized authentication mechanism")
@@ -152,10 +168,18 @@ impl Reply {
         Reply::new(452, "4.5.3", "Too many recipients")
     }
     pub fn message_too_big() -> Reply {
-        Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        Reply::new(
+            552,
+            "5.3.4",
+            "Message size exceeds fixed maximum message size",
+        )
     }
     pub fn bare_line_ending() -> Reply {
-        Reply::new(550, "5.5.2", "Bare CR or LF in message data is not allowed; use CRLF")
+        Reply::new(
+            550,
+            "5.5.2",
+            "Bare CR or LF in message data is not allowed; use CRLF",
+        )
     }
     pub fn no_valid_recipients() -> Reply {
         Reply::new(554, "5.5.1", "No valid recipients")
@@ -180,12 +204,18 @@ mod tests {
 
     #[test]
     fn single_line_with_enhanced_code() {
-        assert_eq!(Reply::queued("ABC").to_wire(), b"250 2.0.0 Ok: queued as ABC\r\n");
+        assert_eq!(
+            Reply::queued("ABC").to_wire(),
+            b"250 2.0.0 Ok: queued as ABC\r\n"
+        );
     }
 
     #[test]
     fn multi_line_uses_continuations() {
         let r = Reply::new(250, "", "host\nPIPELINING\nSIZE 10");
-        assert_eq!(r.to_wire(), b"250-host\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        assert_eq!(
+            r.to_wire(),
+            b"250-host\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
     }
 }

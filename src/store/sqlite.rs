@@ -101,7 +101,10 @@ impl SqliteStore {
     /// Opens (creating if needed) `dir/outpost.db` and starts the writer thread.
     pub fn open(dir: &Path, max_batch: usize) -> StoreResult<Arc<SqliteStore>> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display()))
+            StoreError::Backend(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join("outpost.db");
         let conn = Connection::open(&path).map_err(backend)?;
@@ -224,7 +227,11 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
-fn load_summaries(conn: &Connection, where_sql: &str, arg: &dyn rusqlite::ToSql) -> rusqlite::Result<Vec<MessageSummary>> {
+fn load_summaries(
+    conn: &Connection,
+    where_sql: &str,
+    arg: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Vec<MessageSummary>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, mail_from, auth_user, size, received_at, smtputf8 FROM messages {where_sql}"
     ))?;
@@ -272,7 +279,8 @@ fn load_user(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserRecor
     else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached("SELECT domain FROM user_domains WHERE user = ?1 ORDER BY domain")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT domain FROM user_domains WHERE user = ?1 ORDER BY domain")?;
     let domains = stmt
         .query_map([name], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
@@ -342,9 +350,7 @@ impl Store for SqliteStore {
 
     fn message(&self, id: &QueueId) -> StoreFuture<'_, Option<MessageSummary>> {
         let id = id.to_string();
-        Box::pin(self.read(move |conn| {
-            Ok(load_summaries(conn, "WHERE id = ?1", &id)?.pop())
-        }))
+        Box::pin(self.read(move |conn| Ok(load_summaries(conn, "WHERE id = ?1", &id)?.pop())))
     }
 
     fn message_content(&self, id: &QueueId) -> StoreFuture<'_, Option<Vec<u8>>> {
@@ -370,7 +376,9 @@ impl Store for SqliteStore {
     fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()> {
         Box::pin(self.write(move |conn| {
             let exists = conn
-                .query_row("SELECT 1 FROM users WHERE name = ?1", [&user.name], |_| Ok(()))
+                .query_row("SELECT 1 FROM users WHERE name = ?1", [&user.name], |_| {
+                    Ok(())
+                })
                 .optional()
                 .map_err(backend)?
                 .is_some();
@@ -469,7 +477,10 @@ mod tests {
         assert_eq!(summary.recipients.len(), 2);
         assert_eq!(summary.recipients[1].address, "c@example.org");
         assert_eq!(summary.recipients[0].status, RecipientStatus::Queued);
-        assert_eq!(store.message_content(&id).await.unwrap().unwrap(), msg.content);
+        assert_eq!(
+            store.message_content(&id).await.unwrap().unwrap(),
+            msg.content
+        );
         assert_eq!(store.queued_messages(10).await.unwrap().len(), 1);
         assert!(store.delete_message(&id).await.unwrap());
         assert!(store.message(&id).await.unwrap().is_none());

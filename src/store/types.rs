@@ -13,7 +13,11 @@ pub struct QueueId(pub(super) String);
 impl QueueId {
     pub fn generate() -> QueueId {
         let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        QueueId(format!("{:012X}{:08X}", millis & 0xFFFF_FFFF_FFFF, rand::random::<u32>()))
+        QueueId(format!(
+            "{:012X}{:08X}",
+            millis & 0xFFFF_FFFF_FFFF,
+            rand::random::<u32>()
+        ))
     }
 
     pub fn as_str(&self) -> &str {

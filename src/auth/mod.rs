@@ -1,0 +1,40 @@
+//! Authentication: argon2id credentials, SASL PLAIN/LOGIN decoding, the sender-domain
+//! rule that stops one customer from sending as another, and per-IP throttling of
+//! failed attempts.
+//!
+//! Deliberately absent: mechanisms that need the clear password on the server
+//! (CRAM-MD5, SCRAM) — we keep only argon2id hashes.
+
+pub mod password;
+pub mod sasl;
+pub mod throttle;
+
+pub use throttle::AuthThrottle;
+
+use crate::store::UserRecord;
+
+/// An authenticated user's identity for the rest of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedUser {
+    pub name: String,
+    pub admin: bool,
+    pub domains: Vec<String>,
+}
+
+impl AuthenticatedUser {
+    /// SPEC §2: an address may be used only in a domain granted to the user
+    /// (`user add NAME --domain D`); subdomains are not implied.
+    pub fn may_send_as(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+impl From<UserRecord> for AuthenticatedUser {
+    fn from(user: UserRecord) -> Self {
+        AuthenticatedUser {
+            name: user.name,
+            admin: user.admin,
+            domains: user.domains,
+        }
+    }
+}

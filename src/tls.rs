@@ -1,0 +1,147 @@
+//! Server TLS: the configured certificate, or a self-signed one generated on first
+//! start in `data_dir/tls/` (SPEC §7). TLS 1.2 and 1.3 only (rustls has nothing older).
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a certificate: {0}")]
+    Generate(String),
+    #[error("certificate and key do not work together: {0}")]
+    Config(String),
+}
+
+/// Where the server's certificate came from, for the start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateSource {
+    Configured(PathBuf),
+    SelfSignedExisting(PathBuf),
+    SelfSignedGenerated(PathBuf),
+}
+
+/// Loads `cert`/`key` if configured, else the self-signed pair in `data_dir/tls/`,
+/// generating it for `hostname` when absent.
+pub fn server_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    data_dir: &Path,
+    hostname: &str,
+) -> Result<(Arc<ServerConfig>, CertificateSource), TlsError> {
+    let (cert_path, key_path, source) = match (cert, key) {
+        (Some(c), Some(k)) => (
+            c.to_path_buf(),
+            k.to_path_buf(),
+            CertificateSource::Configured(c.to_path_buf()),
+        ),
+        _ => {
+            let dir = data_dir.join("tls");
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if c.exists() && k.exists() {
+                (c.clone(), k, CertificateSource::SelfSignedExisting(c))
+            } else {
+                generate_self_signed(&dir, &c, &k, hostname)?;
+                (c.clone(), k, CertificateSource::SelfSignedGenerated(c))
+            }
+        }
+    };
+    let read_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| read_err(&cert_path, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| read_err(&cert_path, &e))?;
+    if certs.is_empty() {
+        return Err(read_err(&cert_path, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| read_err(&key_path, &e))?;
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok((Arc::new(config), source))
+}
+
+fn generate_self_signed(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    hostname: &str,
+) -> Result<(), TlsError> {
+    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_private(key, generated.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(cert, generated.cert.pem()).map_err(|source| TlsError::Write {
+        path: cert.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file readable only by its owner (private keys).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|source| TlsError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_then_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, first) = server_config(None, None, dir.path(), "relay.test").unwrap();
+        assert!(matches!(first, CertificateSource::SelfSignedGenerated(_)));
+        let (_, second) = server_config(None, None, dir.path(), "relay.test").unwrap();
+        assert!(matches!(second, CertificateSource::SelfSignedExisting(_)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("tls/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn missing_configured_cert_names_the_file() {
+        let err = server_config(
+            Some(Path::new("/nonexistent/c.pem")),
+            Some(Path::new("/nonexistent/k.pem")),
+            Path::new("/tmp"),
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/c.pem"), "{err}");
+    }
+}
