@@ -2,12 +2,13 @@
 //! (all before serving, so a port that cannot be bound stops start-up), then serve.
 
 use crate::config::{Config, ListenerMode};
+use crate::dns::HickoryResolver;
 use crate::inbound::{self, InboundContext};
-use crate::store::{QueueId, SqliteStore, Store, StoreError};
+use crate::queue::{self, QueueHandle};
+use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{self, CertificateSource, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Bind(#[from] inbound::BindError),
+    #[error("{0}")]
+    Dns(String),
 }
 
 /// A running server. Dropping it stops the listeners.
@@ -43,18 +46,28 @@ impl Running {
     }
 }
 
-/// Opens the store and starts every listener of `config`.
+/// Opens the store and starts delivery (unless `delivery.paused`) and every listener.
 pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir, config.store.max_batch)?;
-    start_with_store(config, store, None).await
+    let queue = if config.delivery.paused {
+        tracing::warn!("delivery.paused is set: mail is accepted and stored, not delivered");
+        None
+    } else {
+        let resolver = HickoryResolver::new(&config.dns.nameservers).map_err(StartError::Dns)?;
+        Some(queue::start(
+            config.clone(),
+            store.clone(),
+            Arc::new(resolver),
+        ))
+    };
+    start_with_store(config, store, queue).await
 }
 
-/// Like [`start`], with a given store and an optional channel that hears the id of
-/// every accepted message.
+/// Starts the listeners on `store`, handing accepted mail to `queue` if given.
 pub async fn start_with_store(
     config: Arc<Config>,
     store: Arc<dyn Store>,
-    enqueued: Option<mpsc::Sender<QueueId>>,
+    queue: Option<QueueHandle>,
 ) -> Result<Running, StartError> {
     let (tls_config, certificate) = tls::server_config(
         config.tls.cert.as_deref(),
@@ -73,7 +86,7 @@ pub async fn start_with_store(
         config.clone(),
         store.clone(),
         tokio_rustls::TlsAcceptor::from(tls_config),
-        enqueued,
+        queue,
     ));
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();

@@ -205,6 +205,15 @@ pub struct DeliveryConfig {
     pub domains: Vec<DomainShaping>,
     /// Timeout for connecting and for each reply of the remote server. Default 5m.
     pub timeout: Duration,
+    /// Port used to reach MX hosts. Default 25; tests and unusual networks change it.
+    pub mx_port: u16,
+    /// Accept and store mail but do not deliver it (maintenance). Default false.
+    pub paused: bool,
+    /// Messages the scheduler keeps in memory at once; the rest wait in the store.
+    /// Default 10,000.
+    pub max_messages_in_memory: usize,
+    /// Idle time after which a reusable outbound connection is closed. Default 2s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -221,6 +230,41 @@ impl Default for DeliveryConfig {
             messages_per_minute: None,
             domains: Vec::new(),
             timeout: Duration::from_secs(300),
+            mx_port: 25,
+            paused: false,
+            max_messages_in_memory: 10_000,
+            idle_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The traffic-shaping limits in force for one destination domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shaping {
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    pub messages_per_minute: Option<u32>,
+}
+
+impl DeliveryConfig {
+    /// The defaults, overridden by a `[[delivery.domains]]` entry for `domain`.
+    pub fn shaping_for(&self, domain: &str) -> Shaping {
+        let over = self
+            .domains
+            .iter()
+            .find(|d| d.domain.eq_ignore_ascii_case(domain));
+        Shaping {
+            max_connections: over
+                .and_then(|o| o.max_connections)
+                .unwrap_or(self.max_connections_per_domain)
+                .max(1),
+            max_messages_per_connection: over
+                .and_then(|o| o.max_messages_per_connection)
+                .unwrap_or(self.max_messages_per_connection)
+                .max(1),
+            messages_per_minute: over
+                .and_then(|o| o.messages_per_minute)
+                .or(self.messages_per_minute),
         }
     }
 }
@@ -363,6 +407,10 @@ impl Config {
         }
         if self.delivery.retry.is_empty() {
             return invalid("delivery.retry needs at least one interval".into());
+        }
+        if self.delivery.max_messages_in_memory < 1 || self.delivery.max_connections_per_domain < 1
+        {
+            return invalid("delivery.max_messages_in_memory and delivery.max_connections_per_domain must be at least 1".into());
         }
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());

@@ -114,22 +114,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         full.extend_from_slice(&content);
         let size = full.len();
         let rcpts = transaction.recipients.len();
+        // With a place in delivery's window the message goes there directly, and
+        // the store's copy is claimed for the lease so no scan takes it twice.
+        let reservation = self.ctx.queue.as_ref().and_then(|q| q.try_reserve());
+        let received_at = now.timestamp_millis();
+        let first_attempt_at = match reservation {
+            Some(_) => received_at + crate::queue::CLAIM_LEASE.as_millis() as i64,
+            None => received_at,
+        };
         let message = NewMessage {
             id: id.clone(),
             mail_from: transaction.mail_from,
             recipients: transaction.recipients,
             auth_user: self.user.as_ref().map(|u| u.name.clone()),
             smtputf8: transaction.smtputf8,
-            content: full,
-            received_at: now.timestamp_millis(),
+            content: std::sync::Arc::new(full),
+            received_at,
+            first_attempt_at,
         };
-        let from = message.mail_from.clone();
-        match self.ctx.store.enqueue(message).await {
+        match self.ctx.store.enqueue(message.clone()).await {
             Ok(()) => {
-                tracing::info!(queue_id = %id, peer = %self.conn.peer, from = %from, rcpts, size,
+                tracing::info!(queue_id = %id, peer = %self.conn.peer, from = %message.mail_from, rcpts, size,
                     user = self.user.as_ref().map(|u| u.name.as_str()), tls = self.conn.tls.is_some(), "message accepted");
-                if let Some(enqueued) = &self.ctx.enqueued {
-                    let _ = enqueued.try_send(id.clone());
+                if let Some(reservation) = reservation {
+                    reservation.submit(&message);
                 }
                 Reply::queued(id.as_str())
             }

@@ -10,7 +10,7 @@
 //!   reply, never a hang.
 //!
 //! Inbound knows nothing about delivery: it hands accepted messages to the store and
-//! announces their ids on a channel the queue may listen to.
+//! hands them to the queue, never calling into delivery itself.
 
 mod auth;
 mod connections;
@@ -26,9 +26,9 @@ pub use listener::{BindError, BoundListener, bind, serve_listener};
 
 use crate::auth::AuthThrottle;
 use crate::config::Config;
-use crate::store::{QueueId, Store};
+use crate::queue::QueueHandle;
+use crate::store::Store;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 /// What every session shares.
@@ -38,9 +38,9 @@ pub struct InboundContext {
     pub tls: TlsAcceptor,
     pub throttle: AuthThrottle,
     pub connections: ConnectionLimiter,
-    /// Told the id of every committed message, so delivery can start without polling.
-    /// Sent with `try_send`: a full channel only delays delivery to the next store scan.
-    pub enqueued: Option<mpsc::Sender<QueueId>>,
+    /// Delivery, when it runs: committed messages are handed to it directly while
+    /// its in-memory window has room; otherwise its store scan finds them.
+    pub queue: Option<QueueHandle>,
     /// An argon2 hash verified when a user does not exist, so that the reply time
     /// does not reveal which user names are valid.
     pub dummy_password_hash: String,
@@ -51,7 +51,7 @@ impl InboundContext {
         config: Arc<Config>,
         store: Arc<dyn Store>,
         tls: TlsAcceptor,
-        enqueued: Option<mpsc::Sender<QueueId>>,
+        queue: Option<QueueHandle>,
     ) -> InboundContext {
         InboundContext {
             throttle: AuthThrottle::new(config.auth.max_failures, config.auth.lockout.get()),
@@ -62,7 +62,7 @@ impl InboundContext {
             config,
             store,
             tls,
-            enqueued,
+            queue,
             dummy_password_hash: crate::auth::password::hash(&crate::auth::password::generate()),
         }
     }

@@ -58,6 +58,36 @@ pub trait Store: Send + Sync {
     /// Removes a message and its recipients; false if there was none.
     fn delete_message(&self, id: &QueueId) -> StoreFuture<'_, bool>;
 
+    /// Claims up to `limit` queued or deferred recipients due at `now`, oldest
+    /// first, by moving their `next_attempt` to `lease_until`; grouped by message.
+    /// A recipient whose attempt is never recorded (crash) is claimed again once
+    /// the lease runs out.
+    fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<DueMessage>>;
+    /// Records an attempt (each update adds one to the recipient's attempts). When no
+    /// recipient of the message is left pending, returns the message's summary, and
+    /// if no bounce report is owed, drops its content in the same commit.
+    fn record_attempt(
+        &self,
+        id: &QueueId,
+        updates: Vec<RecipientUpdate>,
+    ) -> StoreFuture<'_, Option<MessageSummary>>;
+    /// Drops the content of a message whose recipients are all final; the envelope
+    /// and recipient states stay for status queries.
+    fn finalize(&self, id: &QueueId) -> StoreFuture<'_, ()>;
+    /// Messages whose recipients are all final but that were not finalized (the
+    /// process stopped in between): their bounce reports may still be owed.
+    fn unfinalized(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>>;
+    /// Makes pending recipients due now: of one message, or of all with `None`.
+    /// Returns how many recipients were changed.
+    fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize>;
+    /// At start-up of a single node: claims left by a previous run are void.
+    fn release_claims(&self, now: i64) -> StoreFuture<'_, usize>;
+
     fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
     fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>>;
     fn users(&self) -> StoreFuture<'_, Vec<UserRecord>>;

@@ -268,6 +268,66 @@ fn load_summaries(
     Ok(messages)
 }
 
+fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueMessage>> {
+    // One range scan per status keeps the (status, next_attempt) index usable.
+    let mut rows: Vec<(String, i64, String, u32, i64)> = Vec::new();
+    let mut select = conn.prepare_cached(
+        "SELECT message_id, idx, address, attempts, next_attempt FROM recipients
+         WHERE status = ?1 AND next_attempt <= ?2 ORDER BY next_attempt LIMIT ?3",
+    )?;
+    for status in ["queued", "deferred"] {
+        let found = select.query_map(params![status, now, limit as i64], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?;
+        for row in found {
+            rows.push(row?);
+        }
+    }
+    rows.sort_by_key(|r| r.4);
+    rows.truncate(limit);
+    let mut lease = conn.prepare_cached(
+        "UPDATE recipients SET next_attempt = ?3 WHERE message_id = ?1 AND idx = ?2",
+    )?;
+    let mut envelope =
+        conn.prepare_cached("SELECT mail_from, smtputf8, received_at FROM messages WHERE id = ?1")?;
+    let mut messages: Vec<DueMessage> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (id, idx, address, attempts, _) in rows {
+        lease.execute(params![id, idx, lease_until])?;
+        let recipient = DueRecipient {
+            idx: idx as usize,
+            address,
+            attempts,
+        };
+        if let Some(&i) = index.get(&id) {
+            messages[i].recipients.push(recipient);
+            continue;
+        }
+        let (mail_from, smtputf8, received_at) =
+            envelope.query_row([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        index.insert(id.clone(), messages.len());
+        messages.push(DueMessage {
+            id: QueueId(id),
+            mail_from,
+            smtputf8,
+            received_at,
+            recipients: vec![recipient],
+        });
+    }
+    Ok(messages)
+}
+
 fn load_user(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserRecord>> {
     let Some((password_hash, admin)) = conn
         .query_row(
@@ -307,7 +367,7 @@ impl Store for SqliteStore {
                     message.smtputf8,
                     message.content.len() as i64,
                     message.received_at,
-                    message.content,
+                    &message.content[..],
                 ])
             })
             .map_err(backend)?;
@@ -329,7 +389,7 @@ impl Store for SqliteStore {
                     rcpt.address,
                     domain_of(&rcpt.address),
                     status.as_str(),
-                    message.received_at,
+                    message.first_attempt_at,
                 ])
                 .map_err(backend)?;
             }
@@ -370,6 +430,98 @@ impl Store for SqliteStore {
             conn.execute("DELETE FROM messages WHERE id = ?1", [id])
                 .map(|n| n > 0)
                 .map_err(backend)
+        }))
+    }
+
+    fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<DueMessage>> {
+        Box::pin(self.write(move |conn| claim_due(conn, now, lease_until, limit).map_err(backend)))
+    }
+
+    fn record_attempt(
+        &self,
+        id: &QueueId,
+        updates: Vec<RecipientUpdate>,
+    ) -> StoreFuture<'_, Option<MessageSummary>> {
+        let id = id.to_string();
+        Box::pin(self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, attempts = attempts + 1
+                     WHERE message_id = ?1 AND idx = ?2",
+                )
+                .map_err(backend)?;
+            for u in &updates {
+                stmt.execute(params![id, u.idx as i64, u.status.as_str(), u.next_attempt, u.reply])
+                    .map_err(backend)?;
+            }
+            let pending: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+                )
+                .and_then(|mut stmt| stmt.query_row([&id], |row| row.get(0)))
+                .map_err(backend)?;
+            if pending > 0 {
+                return Ok(None);
+            }
+            let summary = load_summaries(conn, "WHERE id = ?1", &id).map_err(backend)?.pop();
+            if summary.as_ref().is_some_and(|s| !s.needs_bounce_report()) {
+                conn.execute("UPDATE messages SET content = NULL WHERE id = ?1", [&id])
+                    .map_err(backend)?;
+            }
+            Ok(summary)
+        }))
+    }
+
+    fn finalize(&self, id: &QueueId) -> StoreFuture<'_, ()> {
+        let id = id.to_string();
+        Box::pin(self.write(move |conn| {
+            conn.execute("UPDATE messages SET content = NULL WHERE id = ?1", [id])
+                .map(|_| ())
+                .map_err(backend)
+        }))
+    }
+
+    fn unfinalized(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>> {
+        Box::pin(self.read(move |conn| {
+            load_summaries(
+                conn,
+                "WHERE content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recipients r
+                     WHERE r.message_id = messages.id AND r.status IN ('queued', 'deferred'))
+                 ORDER BY id LIMIT ?1",
+                &(limit as i64),
+            )
+        }))
+    }
+
+    fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize> {
+        let id = id.map(|id| id.to_string());
+        Box::pin(self.write(move |conn| {
+            match &id {
+                Some(id) => conn.execute(
+                    "UPDATE recipients SET next_attempt = ?2 WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+                    params![id, now],
+                ),
+                None => conn.execute(
+                    "UPDATE recipients SET next_attempt = ?1 WHERE status IN ('queued', 'deferred') AND next_attempt > ?1",
+                    [now],
+                ),
+            }
+            .map_err(backend)
+        }))
+    }
+
+    fn release_claims(&self, now: i64) -> StoreFuture<'_, usize> {
+        Box::pin(self.write(move |conn| {
+            conn.execute(
+                "UPDATE recipients SET next_attempt = ?1 WHERE status = 'queued' AND next_attempt > ?1",
+                [now],
+            )
+            .map_err(backend)
         }))
     }
 
@@ -458,8 +610,9 @@ mod tests {
                 .collect(),
             auth_user: Some("alice".into()),
             smtputf8: false,
-            content: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+            content: Arc::new(b"Subject: t\r\n\r\nbody\r\n".to_vec()),
             received_at: 1,
+            first_attempt_at: 1,
         }
     }
 
@@ -479,11 +632,72 @@ mod tests {
         assert_eq!(summary.recipients[0].status, RecipientStatus::Queued);
         assert_eq!(
             store.message_content(&id).await.unwrap().unwrap(),
-            msg.content
+            *msg.content
         );
         assert_eq!(store.queued_messages(10).await.unwrap().len(), 1);
         assert!(store.delete_message(&id).await.unwrap());
         assert!(store.message(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn claim_record_finalize_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example", "b@y.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let claimed = store.claim_due(10, 1000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].recipients.len(), 2);
+        assert!(
+            store.claim_due(10, 1000, 10).await.unwrap().is_empty(),
+            "claimed twice"
+        );
+        let update = |idx, status| RecipientUpdate {
+            idx,
+            status,
+            next_attempt: 50,
+            reply: "r".into(),
+        };
+        let done = store
+            .record_attempt(
+                &id,
+                vec![
+                    update(0, RecipientStatus::Delivered),
+                    update(1, RecipientStatus::Deferred),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(done.is_none());
+        let again = store.claim_due(60, 2000, 10).await.unwrap();
+        assert_eq!(again[0].recipients.len(), 1);
+        assert_eq!(again[0].recipients[0].attempts, 1);
+        let done = store
+            .record_attempt(&id, vec![update(1, RecipientStatus::Bounced)])
+            .await
+            .unwrap()
+            .expect("complete");
+        assert_eq!(done.recipients[1].status, RecipientStatus::Bounced);
+        assert_eq!(store.unfinalized(10).await.unwrap().len(), 1);
+        store.finalize(&id).await.unwrap();
+        assert!(store.unfinalized(10).await.unwrap().is_empty());
+        assert!(store.message_content(&id).await.unwrap().is_none());
+        assert!(store.message(&id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn retry_now_and_release_claims_make_recipients_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let mut msg = message(&["a@x.example"]);
+        msg.first_attempt_at = 1_000_000;
+        store.enqueue(msg).await.unwrap();
+        assert!(store.claim_due(10, 20, 10).await.unwrap().is_empty());
+        assert_eq!(store.release_claims(10).await.unwrap(), 1);
+        assert_eq!(store.claim_due(10, 5_000, 10).await.unwrap().len(), 1);
+        assert_eq!(store.retry_now(None, 11).await.unwrap(), 1);
+        assert_eq!(store.claim_due(11, 5_000, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

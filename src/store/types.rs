@@ -107,9 +107,13 @@ pub struct NewMessage {
     /// Needs SMTPUTF8 from the next hop.
     pub smtputf8: bool,
     /// The full message, headers included, CRLF line endings, not dot-stuffed.
-    pub content: Vec<u8>,
+    pub content: std::sync::Arc<Vec<u8>>,
     /// Unix milliseconds.
     pub received_at: i64,
+    /// When the scheduler may claim the message from the store (unix ms). Inbound
+    /// sets it in the future when it hands the message straight to the queue, so a
+    /// store scan does not pick it up a second time.
+    pub first_attempt_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -133,6 +137,18 @@ pub struct MessageSummary {
     pub recipients: Vec<RecipientState>,
 }
 
+impl MessageSummary {
+    /// True when a delivery status notification is owed to the sender: something
+    /// bounced and the sender is not the null sender (RFC 5321 §6.1).
+    pub fn needs_bounce_report(&self) -> bool {
+        !self.mail_from.is_empty()
+            && self
+                .recipients
+                .iter()
+                .any(|r| r.status == RecipientStatus::Bounced)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub name: String,
@@ -141,4 +157,33 @@ pub struct UserRecord {
     pub admin: bool,
     /// Lower-case domains this user may send as.
     pub domains: Vec<String>,
+}
+
+/// A message with recipients claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueMessage {
+    pub id: QueueId,
+    pub mail_from: String,
+    pub smtputf8: bool,
+    pub received_at: i64,
+    pub recipients: Vec<DueRecipient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRecipient {
+    /// Position of the recipient in the message's envelope.
+    pub idx: usize,
+    pub address: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// The outcome of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientUpdate {
+    pub idx: usize,
+    pub status: RecipientStatus,
+    /// For `Deferred`: when to try again (unix ms).
+    pub next_attempt: i64,
+    pub reply: String,
 }

@@ -1,0 +1,211 @@
+//! Bounces: the delivery status notification sent to the envelope sender when
+//! recipients fail permanently (RFC 3464, `multipart/report;
+//! report-type=delivery-status`, RFC 6522), and the reading of replies that ask us
+//! to slow down.
+//!
+//! The report is written out by hand: it is a fixed three-part structure, and
+//! building it with a general MIME builder would not make its fields any clearer.
+
+use crate::message::header_block;
+use crate::store::{MessageSummary, RecipientStatus};
+use chrono::{DateTime, Utc};
+
+/// The report for the bounced recipients of `message`, or `None` when nothing
+/// bounced or the message had the null sender (RFC 5321 §6.1: no bounce of a bounce).
+pub fn delivery_status_notification(
+    message: &MessageSummary,
+    original: &[u8],
+    hostname: &str,
+    now: DateTime<Utc>,
+) -> Option<Vec<u8>> {
+    if message.mail_from.is_empty() {
+        return None;
+    }
+    let failed: Vec<_> = message
+        .recipients
+        .iter()
+        .filter(|r| r.status == RecipientStatus::Bounced)
+        .collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let boundary = format!("{}/{hostname}", message.id);
+    let date = now.to_rfc2822();
+    let arrival = DateTime::from_timestamp_millis(message.received_at)
+        .unwrap_or(now)
+        .to_rfc2822();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{to}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         \r\n",
+        to = message.mail_from,
+        id = message.id,
+    ));
+    for r in &failed {
+        out.push_str(&format!(
+            "<{}>: {}\r\n",
+            r.address,
+            r.last_reply.as_deref().unwrap_or("failed")
+        ));
+    }
+    out.push_str(&format!(
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Outpost-Queue-ID: {id}\r\n\
+         Arrival-Date: {arrival}\r\n",
+        id = message.id,
+    ));
+    for r in &failed {
+        let reply = r.last_reply.as_deref().unwrap_or("550 5.0.0 failed");
+        out.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n",
+            r.address,
+            status_of(reply),
+            reply,
+        ));
+    }
+    out.push_str(&format!(
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n"
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(header_block(original));
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Some(bytes)
+}
+
+/// The enhanced status code of a recorded reply (`550 5.1.1 ...` → `5.1.1`), or the
+/// class default.
+pub fn status_of(reply: &str) -> String {
+    let mut words = reply.split_whitespace();
+    let code = words.next().unwrap_or("5");
+    match words.next() {
+        Some(w)
+            if w.split('.').count() == 3
+                && w.split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            w.to_string()
+        }
+        _ => format!(
+            "{}.0.0",
+            code.chars()
+                .next()
+                .filter(|c| matches!(c, '4' | '5'))
+                .unwrap_or('5')
+        ),
+    }
+}
+
+/// True for replies that mean "you are sending too fast": 421, and temporary
+/// failures whose text speaks of rates or limits.
+pub fn means_slow_down(code: u16, text: &str) -> bool {
+    if code == 421 {
+        return true;
+    }
+    if code / 100 != 4 {
+        return false;
+    }
+    let text = text.to_ascii_lowercase();
+    [
+        "rate",
+        "slow down",
+        "too many",
+        "throttl",
+        "try again later",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{QueueId, RecipientState};
+
+    fn summary(mail_from: &str) -> MessageSummary {
+        let rcpt = |address: &str, status, reply: &str| RecipientState {
+            address: address.into(),
+            status,
+            attempts: 1,
+            next_attempt: 0,
+            last_reply: Some(reply.into()),
+        };
+        MessageSummary {
+            id: "0123456789ABCDEF0123".parse::<QueueId>().unwrap(),
+            mail_from: mail_from.into(),
+            auth_user: None,
+            size: 10,
+            received_at: 0,
+            smtputf8: false,
+            recipients: vec![
+                rcpt("ok@x.example", RecipientStatus::Delivered, "250 2.0.0 ok"),
+                rcpt(
+                    "bad@x.example",
+                    RecipientStatus::Bounced,
+                    "550 5.1.1 User unknown",
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn report_names_the_failed_recipient_only() {
+        let dsn = delivery_status_notification(
+            &summary("sender@a.example"),
+            b"Subject: hello\r\nFrom: sender@a.example\r\n\r\nbody text\r\n",
+            "relay.test",
+            Utc::now(),
+        )
+        .unwrap();
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("report-type=delivery-status"));
+        assert!(text.contains("Final-Recipient: rfc822; bad@x.example"));
+        assert!(text.contains("Status: 5.1.1"));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 User unknown"));
+        assert!(!text.contains("Final-Recipient: rfc822; ok@x.example"));
+        assert!(text.contains("Subject: hello"));
+        assert!(!text.contains("body text"), "only the headers are returned");
+        let parsed = mail_parser::MessageParser::new()
+            .parse(text.as_bytes())
+            .unwrap();
+        assert_eq!(parsed.parts.len(), 4, "multipart with three parts");
+    }
+
+    #[test]
+    fn no_report_for_null_sender() {
+        assert!(
+            delivery_status_notification(&summary(""), b"\r\n", "relay.test", Utc::now()).is_none()
+        );
+    }
+
+    #[test]
+    fn status_codes_and_slow_down() {
+        assert_eq!(status_of("550 5.1.1 User unknown"), "5.1.1");
+        assert_eq!(status_of("550 User unknown"), "5.0.0");
+        assert_eq!(status_of("451 try later"), "4.0.0");
+        assert!(means_slow_down(421, "Service not available"));
+        assert!(means_slow_down(450, "4.7.0 Rate limit exceeded"));
+        assert!(!means_slow_down(451, "Temporary local problem"));
+        assert!(!means_slow_down(550, "rate"));
+    }
+}
