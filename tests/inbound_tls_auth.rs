@@ -62,7 +62,7 @@ async fn assert_submitted(server: &Server, id: &QueueId, original: &[u8]) -> Str
     assert_eq!(summary.recipients[0].address, REMOTE_RCPT);
     assert_eq!(summary.recipients[0].status, RecipientStatus::Queued);
     let queued: Vec<QueueId> = server.queued().await.into_iter().map(|m| m.id).collect();
-    assert_eq!(queued, [id.clone()]);
+    assert_eq!(queued, std::slice::from_ref(id));
     let mut expected = original.to_vec();
     expected.extend_from_slice(b"\r\n");
     let added = added_headers(&server.content(id).await, &expected);
