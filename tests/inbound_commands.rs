@@ -32,7 +32,7 @@ async fn commands_out_of_order_get_503_and_rset_discards_the_transaction() {
     let server = Server::start().await;
     let mut client = server.connect(ListenerMode::Relay).await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "503 5.5.1")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "503 5.5.1")
         .await;
     client.expect("HELO client.test", "250").await;
     client.expect("DATA", "503 5.5.1").await;
@@ -40,10 +40,10 @@ async fn commands_out_of_order_get_503_and_rset_discards_the_transaction() {
         .expect("RCPT TO:<postmaster@relay.test>", "503 5.5.1")
         .await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "250 2.1.0")
         .await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "503 5.5.1")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "503 5.5.1")
         .await;
     client.expect("DATA", "554 5.5.1").await;
     client

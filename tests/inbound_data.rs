@@ -7,13 +7,6 @@ use common::*;
 use outpost::config::ListenerMode;
 use outpost::store::QueueId;
 
-fn trusted() -> Options {
-    Options {
-        trusted_loopback: true,
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn pipelined_commands_get_their_replies_in_order() {
     let server = Server::start().await;
@@ -84,19 +77,13 @@ async fn bdat_chunks_are_stored_exactly() {
         &original[split..dot_line],
         &original[dot_line..],
     ];
-    client
-        .expect(&format!("MAIL FROM:<{SENDER}>"), "250 2.1.0")
-        .await;
-    client
-        .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "250 2.1.5")
-        .await;
+    client.begin(SENDER, &[REMOTE_RCPT]).await;
     // All chunks in one write, then an empty LAST chunk (RFC 3030 §2).
     let mut wire = Vec::new();
     for chunk in chunks {
-        wire.extend_from_slice(format!("BDAT {}\r\n", chunk.len()).as_bytes());
-        wire.extend_from_slice(chunk);
+        wire.extend(bdat_wire(chunk, false));
     }
-    wire.extend_from_slice(b"BDAT 0 LAST\r\n");
+    wire.extend(bdat_wire(b"", true));
     client.send(&wire).await;
     let mut total = 0;
     for chunk in chunks {
@@ -116,24 +103,20 @@ async fn bdat_chunks_are_stored_exactly() {
 
 #[tokio::test]
 async fn bdat_without_a_transaction_is_refused_and_its_chunk_consumed() {
-    let server = Server::start_with(trusted()).await;
+    let server = Server::start_with(Options::trusted()).await;
     let mut client = server.connect(ListenerMode::Relay).await;
     client.ehlo().await;
     // Were the chunk read as commands, the server would say goodbye.
-    let chunk = "QUIT\r\nQUIT\r\n";
-    client
-        .send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()))
-        .await;
+    let chunk = b"QUIT\r\nQUIT\r\n";
+    client.send_bdat(chunk, true).await;
     client.reply().await.assert("503 5.5.1");
     client.expect("NOOP", "250 2.0.0").await;
 
     // MAIL but no recipient yet: refused too, chunk consumed too.
     client
-        .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "250 2.1.0")
         .await;
-    client
-        .send(format!("BDAT {}\r\n{chunk}", chunk.len()))
-        .await;
+    client.send_bdat(chunk, false).await;
     client.reply().await.assert("554 5.5.1");
     client.expect("NOOP", "250 2.0.0").await;
     client.quit().await;
@@ -142,7 +125,7 @@ async fn bdat_without_a_transaction_is_refused_and_its_chunk_consumed() {
 
 #[tokio::test]
 async fn dot_stuffing_is_undone_exactly() {
-    let server = Server::start_with(trusted()).await;
+    let server = Server::start_with(Options::trusted()).await;
     let mut client = server.connect(ListenerMode::Relay).await;
     client.ehlo().await;
     let cases: [(&[u8], &[u8]); 2] = [
@@ -160,12 +143,7 @@ async fn dot_stuffing_is_undone_exactly() {
             wire,
             "the harness stuffs differently"
         );
-        client
-            .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
-            .await;
-        client
-            .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "250 2.1.5")
-            .await;
+        client.begin(CLIENT_SENDER, &[REMOTE_RCPT]).await;
         client.expect("DATA", "354").await;
         // Small writes, so lines and the terminator straddle reads.
         for piece in wire.chunks(3) {
@@ -182,16 +160,11 @@ async fn dot_stuffing_is_undone_exactly() {
 
 #[tokio::test]
 async fn bare_cr_or_lf_variants_cannot_smuggle_a_second_message() {
-    let server = Server::start_with(trusted()).await;
+    let server = Server::start_with(Options::trusted()).await;
     for variant in ["\n.\n", "\r.\r", "\r\n.\r", "\n.\r\n", "\r\n.\n"] {
         let mut client = server.connect(ListenerMode::Relay).await;
         client.ehlo().await;
-        client
-            .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
-            .await;
-        client
-            .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "250 2.1.5")
-            .await;
+        client.begin(CLIENT_SENDER, &[REMOTE_RCPT]).await;
         client.expect("DATA", "354").await;
         client
             .send(format!(
@@ -212,7 +185,7 @@ async fn bare_cr_or_lf_variants_cannot_smuggle_a_second_message() {
     client.ehlo().await;
     let original = b"Subject: proper\r\n\r\nfine\r\n";
     let id = client
-        .deliver("sender@client.example", &[REMOTE_RCPT], original)
+        .deliver(CLIENT_SENDER, &[REMOTE_RCPT], original)
         .await;
     client.quit().await;
     let queued = server.queued().await;

@@ -64,29 +64,14 @@ async fn actual_size_over_the_limit_is_refused_after_the_data() {
     server.assert_nothing_queued().await;
 
     // BDAT: one chunk over the limit, and two chunks that are only together.
-    client
-        .expect(&format!("MAIL FROM:<{SENDER}>"), "250 2.1.0")
-        .await;
-    client
-        .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "250 2.1.5")
-        .await;
-    client
-        .send(format!("BDAT {} LAST\r\n", too_big.len()))
-        .await;
-    client.send(&too_big).await;
+    client.begin(SENDER, &[REMOTE_RCPT]).await;
+    client.send_bdat(&too_big, true).await;
     client.reply().await.assert("552 5.3.4");
-    client
-        .expect(&format!("MAIL FROM:<{SENDER}>"), "250 2.1.0")
-        .await;
-    client
-        .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "250 2.1.5")
-        .await;
+    client.begin(SENDER, &[REMOTE_RCPT]).await;
     let (first, second) = too_big.split_at(60_000);
-    client.send(format!("BDAT {}\r\n", first.len())).await;
-    client.send(first).await;
+    client.send_bdat(first, false).await;
     client.reply().await.assert("250 2.0.0");
-    client.send(format!("BDAT {} LAST\r\n", second.len())).await;
-    client.send(second).await;
+    client.send_bdat(second, true).await;
     client.reply().await.assert("552 5.3.4");
     server.assert_nothing_queued().await;
 
@@ -158,7 +143,7 @@ async fn overlong_command_line_gets_500_and_the_session_goes_on() {
     client.ehlo().await;
     client
         .deliver(
-            "sender@client.example",
+            CLIENT_SENDER,
             &["postmaster@relay.test"],
             b"Subject: after\r\n\r\nok\r\n",
         )

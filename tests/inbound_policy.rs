@@ -7,20 +7,13 @@ use common::*;
 use outpost::config::ListenerMode;
 use outpost::store::RecipientStatus;
 
-fn trusted() -> Options {
-    Options {
-        trusted_loopback: true,
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn relay_port_refuses_to_relay_for_an_unauthenticated_client() {
     let server = Server::start().await;
     let mut client = server.connect(ListenerMode::Relay).await;
     client.ehlo().await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "250 2.1.0")
         .await;
     client
         .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "554 5.7.1")
@@ -34,7 +27,7 @@ async fn relay_port_refuses_to_relay_for_an_unauthenticated_client() {
     client.starttls().await;
     client.ehlo().await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "250 2.1.0")
         .await;
     client
         .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "554 5.7.1")
@@ -93,7 +86,7 @@ async fn relay_port_accepts_mail_for_the_local_domain_without_auth() {
 
 #[tokio::test]
 async fn submission_requires_auth_at_mail_even_from_a_trusted_network() {
-    let server = Server::start_with(trusted()).await;
+    let server = Server::start_with(Options::trusted()).await;
     let mut client = server.connect(ListenerMode::Submission).await;
     client.ehlo().await;
     client
@@ -119,7 +112,7 @@ async fn submission_requires_auth_at_mail_even_from_a_trusted_network() {
 
 #[tokio::test]
 async fn trusted_network_may_relay_on_the_relay_port() {
-    let server = Server::start_with(trusted()).await;
+    let server = Server::start_with(Options::trusted()).await;
     let mut client = server.connect(ListenerMode::Relay).await;
     client.ehlo().await;
     let original = message("app@client.example", REMOTE_RCPT, "from the app server\r\n");

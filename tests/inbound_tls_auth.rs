@@ -209,11 +209,7 @@ async fn wrong_password_gets_535_and_repeated_failures_lock_the_address_out() {
 #[tokio::test]
 async fn plaintext_pipelined_after_starttls_is_discarded() {
     // A trusted client, so an injected MAIL would have been accepted.
-    let server = Server::start_with(Options {
-        trusted_loopback: true,
-        ..Options::default()
-    })
-    .await;
+    let server = Server::start_with(Options::trusted()).await;
     for injected in [
         "MAIL FROM:<evil@x>\r\n",
         "EHLO evil\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<postmaster@relay.test>\r\n",
@@ -242,15 +238,11 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
 
 #[tokio::test]
 async fn starttls_resets_the_session() {
-    let server = Server::start_with(Options {
-        trusted_loopback: true,
-        ..Options::default()
-    })
-    .await;
+    let server = Server::start_with(Options::trusted()).await;
     let mut client = server.connect(ListenerMode::Relay).await;
     client.ehlo().await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "250 2.1.0")
         .await;
     client.starttls().await;
     // The transaction opened before TLS is gone, and EHLO must be sent again.
@@ -258,11 +250,11 @@ async fn starttls_resets_the_session() {
         .expect(&format!("RCPT TO:<{REMOTE_RCPT}>"), "503 5.5.1")
         .await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "503 5.5.1")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "503 5.5.1")
         .await;
     client.ehlo().await;
     client
-        .expect("MAIL FROM:<sender@client.example>", "250 2.1.0")
+        .expect(&format!("MAIL FROM:<{CLIENT_SENDER}>"), "250 2.1.0")
         .await;
     client.quit().await;
 

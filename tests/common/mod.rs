@@ -29,6 +29,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// The only domain `alice` may send as.
 pub const USER_DOMAIN: &str = "alice.example";
 pub const SENDER: &str = "alice@alice.example";
+/// An unauthenticated client's envelope sender (relay port).
+pub const CLIENT_SENDER: &str = "sender@client.example";
 /// A domain neither the server nor `alice` owns: relaying to it needs permission.
 pub const REMOTE_RCPT: &str = "rcpt@remote.example";
 /// The longest a test waits for any one reply, connection or close.
@@ -44,6 +46,16 @@ pub struct Options {
     pub trusted_loopback: bool,
     /// Extra `key = value` lines for the `[limits]` table.
     pub limits: &'static str,
+}
+
+impl Options {
+    /// Loopback clients may relay on the relay port without AUTH.
+    pub fn trusted() -> Options {
+        Options {
+            trusted_loopback: true,
+            ..Options::default()
+        }
+    }
 }
 
 /// A running server with a relay, a submission and a submissions listener, and the
@@ -477,14 +489,24 @@ impl Client {
         self.start_tls_handshake().await;
     }
 
-    /// MAIL, RCPT for each recipient (each asserted), DATA, then `content` dot-stuffed
-    /// and terminated. Returns the reply to the end of data.
-    pub async fn send_mail(&mut self, from: &str, rcpts: &[&str], content: &[u8]) -> Reply {
+    /// MAIL and RCPT for each recipient, each asserted to succeed.
+    pub async fn begin(&mut self, from: &str, rcpts: &[&str]) {
         self.expect(&format!("MAIL FROM:<{from}>"), "250 2.1.0")
             .await;
         for rcpt in rcpts {
             self.expect(&format!("RCPT TO:<{rcpt}>"), "250 2.1.5").await;
         }
+    }
+
+    /// Sends `BDAT <len> [LAST]` and the chunk in one write (no reply read).
+    pub async fn send_bdat(&mut self, chunk: &[u8], last: bool) {
+        self.send(bdat_wire(chunk, last)).await;
+    }
+
+    /// [`Client::begin`], DATA, then `content` dot-stuffed and terminated. Returns the
+    /// reply to the end of data.
+    pub async fn send_mail(&mut self, from: &str, rcpts: &[&str], content: &[u8]) -> Reply {
+        self.begin(from, rcpts).await;
         self.expect("DATA", "354").await;
         self.send(dot_stuffed(content)).await;
         self.reply().await
@@ -519,6 +541,14 @@ pub fn dot_stuffed(content: &[u8]) -> Vec<u8> {
         wire.extend_from_slice(b"\r\n");
     }
     wire.extend_from_slice(b".\r\n");
+    wire
+}
+
+/// `BDAT <len> [LAST]<CRLF>` followed by the chunk.
+pub fn bdat_wire(chunk: &[u8], last: bool) -> Vec<u8> {
+    let last = if last { " LAST" } else { "" };
+    let mut wire = format!("BDAT {}{last}\r\n", chunk.len()).into_bytes();
+    wire.extend_from_slice(chunk);
     wire
 }
 
