@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 const READ_BUFFER: usize = 64 * 1024;
+/// How long closing may take (the last replies and the TLS close_notify).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the connection cannot go on.
 #[derive(Debug)]
@@ -54,6 +56,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Sends pending replies and closes the write side; over TLS this sends the
+    /// close_notify alert first (RFC 8446 §6.1), so the client can tell a clean close
+    /// from a truncated connection.
+    pub async fn close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            self.flush().await?;
+            self.reader.get_mut().shutdown().await.map_err(IoEnd::Error)
+        })
+        .await;
     }
 
     /// The stream without its read buffer: whatever the client pipelined is dropped

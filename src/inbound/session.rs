@@ -113,7 +113,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 }
             }
         }
-        let _ = self.io.flush().await;
+        self.io.close().await;
         SessionEnd::Closed
     }
 
@@ -122,7 +122,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             IoEnd::Timeout => {
                 tracing::info!(peer = %self.conn.peer, "client timed out");
                 self.io.reply(&Reply::timeout());
-                let _ = self.io.flush().await;
+                self.io.close().await;
             }
             IoEnd::Error(e) => {
                 tracing::debug!(peer = %self.conn.peer, error = %e, "connection error")
@@ -185,7 +185,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 initial_response,
             } => self.auth(mechanism, &initial_response).await,
             Request::Mail { from } => Ok(self.mail(from)),
-            Request::Rcpt { to } => Ok(self.rcpt(to)),
+            Request::Rcpt { mut to } => {
+                // smtp-proto returns `<postmaster>` (RFC 5321 §4.5.1) as an empty
+                // address, the same as `<>`; only the raw line tells them apart.
+                if to.address.is_empty() && memchr::memmem::find(line, b"<>").is_none() {
+                    to.address = "postmaster".into();
+                }
+                Ok(self.rcpt(to))
+            }
             Request::Data => self.data().await,
             Request::Bdat {
                 chunk_size,
