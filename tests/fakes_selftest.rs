@@ -781,11 +781,43 @@ async fn wait_for_messages_panics_at_the_deadline() {
 
 #[tokio::test]
 async fn dropping_the_sink_closes_its_connections() {
-    let sink = SmtpSink::start_default().await;
+    // 127.0.0.3 is used by no other test here, so no one can reuse the port.
+    let sink = SmtpSink::builder()
+        .bind("127.0.0.3:0".parse().unwrap())
+        .start()
+        .await;
     let mut c = Raw::connect(&sink).await;
     c.ehlo().await;
     let addr = sink.addr();
     drop(sink);
     assert_eq!(c.reply().await, None);
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn raw_mail_reply_sequence_and_simple_verbs() {
+    let sink = SmtpSink::builder()
+        .mail_replies(["451 4.3.2 Not now"])
+        .start()
+        .await;
+    let mut c = Raw::connect(&sink).await;
+    assert_eq!(c.code().await, 220);
+    c.send("MAIL FROM:<a@b.test>\r\n").await;
+    assert_eq!(c.code().await, 503, "MAIL before HELO");
+    c.send("HELO raw.test\r\n").await;
+    assert_eq!(c.code().await, 250);
+    c.send("MAIL FROM:<a@b.test>\r\n").await;
+    assert_eq!(c.code().await, 451);
+    c.send("RCPT TO:<c@d.test>\r\n").await;
+    assert_eq!(c.code().await, 503, "no transaction after a refused MAIL");
+    c.send("MAIL FROM:<a@b.test>\r\nNOOP\r\nVRFY x\r\nRSET\r\nDATA\r\nBOGUS\r\n")
+        .await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(c.code().await);
+    }
+    assert_eq!(codes, [250, 250, 252, 250, 503, 500]);
+    let lines: Vec<String> = sink.commands().into_iter().map(|c| c.line).collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[9], "BOGUS");
 }
