@@ -68,6 +68,12 @@ enum QueueCommand {
     },
     /// One message's envelope and per-recipient state.
     Show { id: String },
+    /// Make deferred recipients due now: of one message, or of all with --all.
+    Retry {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
     /// Remove a message from the queue.
     Delete { id: String },
 }
@@ -225,6 +231,19 @@ async fn queue(config: &Config, cmd: QueueCommand) -> Result<()> {
                 bail!("no message {id}");
             };
             println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        QueueCommand::Retry { id, all } => {
+            let id = match (id, all) {
+                (Some(id), false) => Some(parse_id(&id)?),
+                (None, true) => None,
+                _ => bail!("name a queue id, or use --all"),
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            let changed = store.retry_now(id.as_ref(), now).await?;
+            if changed == 0 && id.is_some() {
+                bail!("no pending recipients in that message");
+            }
+            println!("{changed} recipient(s) will be retried within a second by the running server");
         }
         QueueCommand::Delete { id } => {
             let id = parse_id(&id)?;

@@ -112,7 +112,7 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 8192;",
+             PRAGMA wal_autocheckpoint = 32768;",
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
@@ -202,14 +202,13 @@ fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> StoreResult<R>,
 ) -> StoreResult<R> {
-    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(backend);
+    run("SAVEPOINT job")?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(end).map_err(backend)?;
+    if result.is_err() {
+        run("ROLLBACK TO job")?;
+    }
+    run("RELEASE job")?;
     result
 }
 
