@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 const READ_BUFFER: usize = 64 * 1024;
+/// How long closing the connection may take (a peer that does not read).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the connection cannot go on.
 #[derive(Debug)]
@@ -54,6 +56,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Sends what is queued, then closes the write side: on TLS that sends the
+    /// close_notify alert (RFC 8446 §6.1), so clients see a clean end, not a
+    /// truncation. Errors are ignored: the connection is over either way.
+    pub async fn close(&mut self) {
+        if self.flush().await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.reader.get_mut().shutdown()).await;
+        }
     }
 
     /// The stream without its read buffer: whatever the client pipelined is dropped

@@ -113,7 +113,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 }
             }
         }
-        let _ = self.io.flush().await;
+        self.io.close().await;
         SessionEnd::Closed
     }
 
@@ -122,7 +122,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             IoEnd::Timeout => {
                 tracing::info!(peer = %self.conn.peer, "client timed out");
                 self.io.reply(&Reply::timeout());
-                let _ = self.io.flush().await;
+                self.io.close().await;
             }
             IoEnd::Error(e) => {
                 tracing::debug!(peer = %self.conn.peer, error = %e, "connection error")
