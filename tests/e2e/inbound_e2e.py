@@ -70,7 +70,9 @@ def find_binary():
         path = os.path.join(repo_root(), "target", "debug", "outpost")
     path = os.path.abspath(path)
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        sys.exit(f"outpost binary not found or not executable: {path} (build it with `cargo build`)")
+        print(f"FAIL outpost binary not found or not executable: {path} (build it with `cargo build`)")
+        print("0 passed, 1 failed", flush=True)
+        sys.exit(1)
     return path
 
 
