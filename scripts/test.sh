@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 E2E_DEADLINE=${E2E_DEADLINE:-600} # seconds per e2e suite
-bin=${OUTPOST_BIN:-target/debug/outpost}
+bin=${OUTPOST_BIN:-${CARGO_TARGET_DIR:-target}/debug/outpost}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 status=0
