@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use outpost::auth::password;
 use outpost::config::Config;
 use outpost::store::{QueueId, SqliteStore, Store, UserRecord};
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -89,6 +89,8 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs piped to files, journald or tests stay plain.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -243,7 +245,9 @@ async fn queue(config: &Config, cmd: QueueCommand) -> Result<()> {
             if changed == 0 && id.is_some() {
                 bail!("no pending recipients in that message");
             }
-            println!("{changed} recipient(s) will be retried within a second by the running server");
+            println!(
+                "{changed} recipient(s) will be retried within a second by the running server"
+            );
         }
         QueueCommand::Delete { id } => {
             let id = parse_id(&id)?;

@@ -95,6 +95,9 @@ max_message_size = {MAX_MESSAGE_SIZE}
 max_recipients = {MAX_RECIPIENTS}
 {limits}
 {trusted}
+# These tests are about acceptance; delivery has its own suites.
+[delivery]
+paused = true
 "#,
             dir = dir.path().display(),
             limits = options.limits,

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The project's test command (the one the README cites; CI runs it through .ci/run):
+#
+#   1. `cargo test --no-fail-fast`: unit tests, session tests and the black-box tests in tests/*.rs
+#      (among them tests/crash.rs). It also builds target/debug/outpost.
+#   2. every end-to-end suite tests/e2e/*.py, run as `python3 SUITE BINARY` against
+#      that binary with real clients. New suites are picked up automatically. They
+#      need python3, swaks (with libnet-ssleay-perl) and openssl; .ci/run installs them.
+#
+# OUTPOST_BIN overrides the binary the e2e suites use. Both stages always run; the
+# last line is the total over both, `total: N passed, M failed`, and the exit status
+# is non-zero when anything failed (or did not run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+E2E_DEADLINE=${E2E_DEADLINE:-600} # seconds per e2e suite
+bin=${OUTPOST_BIN:-${CARGO_TARGET_DIR:-target}/debug/outpost}
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+status=0
+
+echo "== cargo test"
+cargo_status=0
+cargo test --no-fail-fast 2>&1 | tee "$logs/cargo.log" || cargo_status=1
+
+shopt -s nullglob
+suites=(tests/e2e/*.py)
+for suite in "${suites[@]}"; do
+    echo "== $suite"
+    timeout --kill-after=10 "$E2E_DEADLINE" python3 "$suite" "$bin" 2>&1 \
+        | tee "$logs/e2e.log.tmp" || status=1
+    if ! grep -Eq '^[0-9]+ passed, [0-9]+ failed$' "$logs/e2e.log.tmp"; then
+        echo "$suite ended without its 'N passed, M failed' line; counted as 1 failed"
+        echo "0 passed, 1 failed" >>"$logs/e2e.log.tmp"
+        status=1
+    fi
+    cat "$logs/e2e.log.tmp" >>"$logs/e2e.log"
+done
+
+read -r cargo_passed cargo_failed < <(
+    sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$logs/cargo.log" |
+        awk '{p += $1; f += $2} END {print p + 0, f + 0}'
+)
+read -r e2e_passed e2e_failed < <(
+    sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$logs/e2e.log" 2>/dev/null |
+        awk '{p += $1; f += $2} END {print p + 0, f + 0}'
+)
+if [ "$cargo_status" -ne 0 ]; then
+    status=1
+    # A build error reports no test at all: count it as a failure.
+    if [ "$cargo_failed" -eq 0 ]; then cargo_failed=1; fi
+fi
+echo "== summary"
+echo "cargo test: $cargo_passed passed, $cargo_failed failed"
+echo "e2e (${#suites[@]} suite(s)): $e2e_passed passed, $e2e_failed failed"
+if [ "$status" -ne 0 ]; then
+    echo "FAILED (see above)"
+fi
+echo "total: $((cargo_passed + e2e_passed)) passed, $((cargo_failed + e2e_failed)) failed"
+exit "$status"
