@@ -5,6 +5,7 @@
 use crate::smtp::{DataReceiver, DataStatus, Reply};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
 
 const READ_BUFFER: usize = 64 * 1024;
 /// How long closing may take (the last replies and the TLS close_notify).
@@ -28,13 +29,16 @@ pub enum Line {
 pub struct SmtpIo<S> {
     reader: BufReader<S>,
     out: Vec<u8>,
+    /// Bound on sending replies to a client that does not read.
+    write_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
-    pub fn new(stream: S) -> SmtpIo<S> {
+    pub fn new(stream: S, write_timeout: Duration) -> SmtpIo<S> {
         SmtpIo {
             reader: BufReader::with_capacity(READ_BUFFER, stream),
             out: Vec::with_capacity(1024),
+            write_timeout,
         }
     }
 
@@ -50,9 +54,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
 
     pub async fn flush(&mut self) -> Result<(), IoEnd> {
         if !self.out.is_empty() {
-            let stream = self.reader.get_mut();
-            stream.write_all(&self.out).await.map_err(IoEnd::Error)?;
-            stream.flush().await.map_err(IoEnd::Error)?;
+            let (stream, out) = (self.reader.get_mut(), &self.out);
+            tokio::time::timeout(self.write_timeout, async {
+                stream.write_all(out).await?;
+                stream.flush().await
+            })
+            .await
+            .map_err(|_| IoEnd::Timeout)?
+            .map_err(IoEnd::Error)?;
             self.out.clear();
         }
         Ok(())
@@ -75,11 +84,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
         self.reader.into_inner()
     }
 
-    async fn fill(&mut self, timeout: Duration) -> Result<&[u8], IoEnd> {
+    async fn fill(&mut self, deadline: Instant) -> Result<&[u8], IoEnd> {
         if self.reader.buffer().is_empty() {
             self.flush().await?;
         }
-        match tokio::time::timeout(timeout, self.reader.fill_buf()).await {
+        match tokio::time::timeout_at(deadline, self.reader.fill_buf()).await {
             Err(_) => Err(IoEnd::Timeout),
             Ok(Err(e)) => Err(IoEnd::Error(e)),
             Ok(Ok([])) => Err(IoEnd::Closed),
@@ -87,12 +96,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
         }
     }
 
-    /// Reads one line of at most `max` octets.
+    /// Reads one line of at most `max` octets. The timeout covers the whole line, so
+    /// a client cannot hold the session by trickling a byte at a time.
     pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, IoEnd> {
+        let deadline = Instant::now() + timeout;
         let mut line = Vec::new();
         let mut too_long = false;
         loop {
-            let buf = self.fill(timeout).await?;
+            let buf = self.fill(deadline).await?;
             let (take, done) = match memchr::memchr(b'\n', buf) {
                 Some(pos) => (pos + 1, true),
                 None => (buf.len(), false),
@@ -122,7 +133,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
         timeout: Duration,
     ) -> Result<(), IoEnd> {
         loop {
-            let buf = self.fill(timeout).await?;
+            // RFC 5321 §4.5.3.2: message data is timed per read, not as a whole.
+            let buf = self.fill(Instant::now() + timeout).await?;
             let (consumed, status) = receiver.ingest(buf, content);
             self.reader.consume(consumed);
             if status == DataStatus::Done {
@@ -142,7 +154,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
     ) -> Result<bool, IoEnd> {
         let mut within_limit = true;
         while size > 0 {
-            let buf = self.fill(timeout).await?;
+            // RFC 5321 §4.5.3.2: message data is timed per read, not as a whole.
+            let buf = self.fill(Instant::now() + timeout).await?;
             let take = buf.len().min(size);
             if content.len() + take <= limit && within_limit {
                 content.extend_from_slice(&buf[..take]);

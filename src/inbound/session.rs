@@ -64,7 +64,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         Session {
             ctx,
             conn,
-            io: SmtpIo::new(stream),
+            io: SmtpIo::new(stream, ctx.config.limits.command_timeout.get()),
             helo: None,
             user: None,
             transaction: None,

@@ -22,16 +22,6 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
             .domains
             .pace(&domain, shaping.messages_per_minute)
             .await;
-        if connection.is_none() {
-            match engine.open(&domain).await {
-                Ok(client) => connection = Some((client, 0)),
-                Err(reply) => {
-                    engine.destination_failed(job, reply).await;
-                    continue;
-                }
-            }
-        }
-        let (client, sent) = connection.as_mut().expect("opened above");
         let content = match job.message.content(engine.store.as_ref()).await {
             Ok(c) => c,
             Err(reason) => {
@@ -41,6 +31,16 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
                 continue;
             }
         };
+        let (mut client, mut sent) = match connection.take() {
+            Some(open) => open,
+            None => match engine.open(&domain).await {
+                Ok(client) => (client, 0),
+                Err(reply) => {
+                    engine.destination_failed(job, reply).await;
+                    continue;
+                }
+            },
+        };
         let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
         let envelope = Envelope {
             mail_from: &job.message.mail_from,
@@ -48,10 +48,25 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
             smtputf8: job.message.smtputf8,
             content: &content,
         };
+        let mut result = client.send(&envelope).await;
+        if result.is_err() && sent > 0 {
+            // A reused connection may have been closed by the server while idle;
+            // that says nothing about this message, so try once on a fresh one.
+            match engine.open(&domain).await {
+                Ok(fresh) => {
+                    (client, sent) = (fresh, 0);
+                    result = client.send(&envelope).await;
+                }
+                Err(reply) => {
+                    engine.destination_failed(job, reply).await;
+                    continue;
+                }
+            }
+        }
         let remote = client.addr;
-        match client.send(&envelope).await {
+        match result {
             Ok(replies) => {
-                *sent += 1;
+                sent += 1;
                 let slow_down = replies
                     .iter()
                     .find(|r| means_slow_down(r.code, &r.text))
@@ -60,19 +75,16 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
                     replies = %replies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "), "delivery attempt");
                 engine.record(&job, replies).await;
                 if let Some(reply) = slow_down {
-                    if let Some((client, _)) = connection.take() {
-                        client.quit().await;
-                    }
-                    engine.suspend(&domain, reply).await;
-                } else if *sent >= shaping.max_messages_per_connection
-                    && let Some((client, _)) = connection.take()
-                {
                     client.quit().await;
+                    engine.suspend(&domain, reply).await;
+                } else if sent >= shaping.max_messages_per_connection {
+                    client.quit().await;
+                } else {
+                    connection = Some((client, sent));
                 }
             }
             Err(e) => {
                 tracing::info!(queue_id = %job.message.id, %domain, %remote, error = %e, "delivery attempt failed");
-                connection = None;
                 engine
                     .record(&job, vec![e.as_reply(); job.recipients.len()])
                     .await;
