@@ -73,7 +73,11 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
                     .cloned();
                 tracing::info!(queue_id = %job.message.id, %domain, %remote, tls = client.tls,
                     replies = %replies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "), "delivery attempt");
-                engine.record(&job, replies).await;
+                // Recording waits for a group commit; the connection need not wait
+                // with it. A crash before the commit means a second delivery, never a
+                // lost one.
+                let recorder = engine.clone();
+                tokio::spawn(async move { recorder.record(&job, replies).await });
                 if let Some(reply) = slow_down {
                     client.quit().await;
                     engine.suspend(&domain, reply).await;
