@@ -165,6 +165,7 @@ impl Engine {
                     status,
                     next_attempt,
                     reply: text,
+                    class: None,
                 }
             })
             .collect();

@@ -88,6 +88,26 @@ pub trait Store: Send + Sync {
     /// At start-up of a single node: claims left by a previous run are void.
     fn release_claims(&self, now: i64) -> StoreFuture<'_, usize>;
 
+    /// Events with an id greater than `after`, oldest first.
+    fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>>;
+    /// Appends events that no message write produced (unsubscribes, manual actions).
+    fn append_events(&self, events: Vec<Event>) -> StoreFuture<'_, ()>;
+
+    /// Adds a suppression; false if the address was already suppressed for the domain.
+    fn add_suppression(&self, suppression: Suppression) -> StoreFuture<'_, bool>;
+    /// False if there was no such suppression.
+    fn remove_suppression(&self, domain: &str, address: &str) -> StoreFuture<'_, bool>;
+    /// The suppression of `address` for sending domain `domain`, if any.
+    fn suppression(&self, domain: &str, address: &str) -> StoreFuture<'_, Option<Suppression>>;
+    /// Suppressions of one sending domain (or all), ordered by domain and address,
+    /// starting after `after` (a `(domain, address)` cursor).
+    fn suppressions(
+        &self,
+        domain: Option<&str>,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Suppression>>;
+
     fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
     fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>>;
     fn users(&self) -> StoreFuture<'_, Vec<UserRecord>>;

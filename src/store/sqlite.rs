@@ -77,6 +77,23 @@ CREATE TABLE IF NOT EXISTS recipients (
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, next_attempt);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    message_id TEXT,
+    recipient TEXT,
+    user TEXT,
+    reply TEXT,
+    class TEXT
+);
+CREATE TABLE IF NOT EXISTS suppressions (
+    domain TEXT NOT NULL,
+    address TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (domain, address)
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -331,6 +348,53 @@ fn claim_due(
     Ok(messages)
 }
 
+/// The sender's user and the addresses of the updated recipients, for events.
+fn event_context(
+    conn: &Connection,
+    id: &str,
+    updates: &[RecipientUpdate],
+) -> rusqlite::Result<Option<(Option<String>, Vec<String>)>> {
+    let Some(user) = conn
+        .prepare_cached("SELECT auth_user FROM messages WHERE id = ?1")?
+        .query_row([id], |row| row.get::<_, Option<String>>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT address FROM recipients WHERE message_id = ?1 AND idx = ?2")?;
+    let addresses = updates
+        .iter()
+        .map(|u| stmt.query_row(params![id, u.idx as i64], |row| row.get(0)))
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Some((user, addresses)))
+}
+
+fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, kind, message_id, recipient, user, reply, class) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.at,
+        e.kind.as_str(),
+        e.message_id.as_ref().map(|m| m.as_str().to_string()),
+        e.recipient,
+        e.user,
+        e.reply,
+        e.class
+    ])?;
+    Ok(())
+}
+
+fn row_to_suppression(row: &rusqlite::Row<'_>) -> rusqlite::Result<Suppression> {
+    Ok(Suppression {
+        domain: row.get(0)?,
+        address: row.get(1)?,
+        reason: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
 fn load_user(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserRecord>> {
     let Some((password_hash, admin)) = conn
         .query_row(
@@ -394,6 +458,22 @@ impl Store for SqliteStore {
                     status.as_str(),
                     message.first_attempt_at,
                 ])
+                .map_err(backend)?;
+            }
+            for rcpt in &message.recipients {
+                insert_event(
+                    conn,
+                    &Event {
+                        id: 0,
+                        at: message.received_at,
+                        kind: EventKind::Accepted,
+                        message_id: Some(message.id.clone()),
+                        recipient: Some(rcpt.address.clone()),
+                        user: message.auth_user.clone(),
+                        reply: None,
+                        class: None,
+                    },
+                )
                 .map_err(backend)?;
             }
             Ok(())
@@ -462,6 +542,25 @@ impl Store for SqliteStore {
                 stmt.execute(params![id, u.idx as i64, u.status.as_str(), u.next_attempt, u.reply])
                     .map_err(backend)?;
             }
+            if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
+                let at = chrono::Utc::now().timestamp_millis();
+                for (u, address) in updates.iter().zip(addresses) {
+                    let Some(kind) = EventKind::for_status(u.status) else {
+                        continue;
+                    };
+                    let event = Event {
+                        id: 0,
+                        at,
+                        kind,
+                        message_id: Some(QueueId(id.clone())),
+                        recipient: Some(address),
+                        user: user.clone(),
+                        reply: Some(u.reply.clone()),
+                        class: u.class.clone(),
+                    };
+                    insert_event(conn, &event).map_err(backend)?;
+                }
+            }
             let pending: i64 = conn
                 .prepare_cached(
                     "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
@@ -525,6 +624,99 @@ impl Store for SqliteStore {
                 [now],
             )
             .map_err(backend)
+        }))
+    }
+
+    fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, at, kind, message_id, recipient, user, reply, class FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, limit as i64], |row| {
+                let kind: String = row.get(2)?;
+                Ok(Event {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    kind: EventKind::parse(&kind).unwrap_or(EventKind::Deferred),
+                    message_id: row.get::<_, Option<String>>(3)?.map(QueueId),
+                    recipient: row.get(4)?,
+                    user: row.get(5)?,
+                    reply: row.get(6)?,
+                    class: row.get(7)?,
+                })
+            })?
+            .collect()
+        }))
+    }
+
+    fn append_events(&self, events: Vec<Event>) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            events
+                .iter()
+                .try_for_each(|e| insert_event(conn, e))
+                .map_err(backend)
+        }))
+    }
+
+    fn add_suppression(&self, suppression: Suppression) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO suppressions (domain, address, reason, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    suppression.domain.to_lowercase(),
+                    suppression.address.to_lowercase(),
+                    suppression.reason,
+                    suppression.created_at
+                ],
+            )
+            .map(|n| n > 0)
+            .map_err(backend)
+        }))
+    }
+
+    fn remove_suppression(&self, domain: &str, address: &str) -> StoreFuture<'_, bool> {
+        let (domain, address) = (domain.to_lowercase(), address.to_lowercase());
+        Box::pin(self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM suppressions WHERE domain = ?1 AND address = ?2",
+                [domain, address],
+            )
+            .map(|n| n > 0)
+            .map_err(backend)
+        }))
+    }
+
+    fn suppression(&self, domain: &str, address: &str) -> StoreFuture<'_, Option<Suppression>> {
+        let (domain, address) = (domain.to_lowercase(), address.to_lowercase());
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT domain, address, reason, created_at FROM suppressions WHERE domain = ?1 AND address = ?2",
+            )?
+            .query_row([domain, address], row_to_suppression)
+            .optional()
+        }))
+    }
+
+    fn suppressions(
+        &self,
+        domain: Option<&str>,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Suppression>> {
+        let domain = domain.map(str::to_lowercase);
+        let (after_domain, after_address) = after.unwrap_or_default();
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT domain, address, reason, created_at FROM suppressions
+                 WHERE (?1 IS NULL OR domain = ?1) AND (domain, address) > (?2, ?3)
+                 ORDER BY domain, address LIMIT ?4",
+            )?
+            .query_map(
+                params![domain, after_domain, after_address, limit as i64],
+                row_to_suppression,
+            )?
+            .collect()
         }))
     }
 
@@ -661,6 +853,7 @@ mod tests {
             status,
             next_attempt: 50,
             reply: "r".into(),
+            class: None,
         };
         let done = store
             .record_attempt(
@@ -701,6 +894,115 @@ mod tests {
         assert_eq!(store.claim_due(10, 5_000, 10).await.unwrap().len(), 1);
         assert_eq!(store.retry_now(None, 11).await.unwrap(), 1);
         assert_eq!(store.claim_due(11, 5_000, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_are_logged_for_acceptance_and_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example", "b@y.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let update = RecipientUpdate {
+            idx: 1,
+            status: RecipientStatus::Bounced,
+            next_attempt: 0,
+            reply: "550 5.1.1 unknown".into(),
+            class: Some("bad-mailbox".into()),
+        };
+        store.record_attempt(&id, vec![update]).await.unwrap();
+        let events = store.events(0, 10).await.unwrap();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.recipient.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::Accepted, "a@x.example".to_string()),
+                (EventKind::Accepted, "b@y.example".to_string()),
+                (EventKind::Bounced, "b@y.example".to_string()),
+            ]
+        );
+        assert_eq!(events[2].class.as_deref(), Some("bad-mailbox"));
+        assert_eq!(events[2].user.as_deref(), Some("alice"));
+        let after = store.events(events[1].id, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn suppressions_per_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let s = |domain: &str, address: &str| Suppression {
+            domain: domain.into(),
+            address: address.into(),
+            reason: "manual".into(),
+            created_at: 1,
+        };
+        assert!(
+            store
+                .add_suppression(s("A.example", "X@y.example"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .add_suppression(s("a.example", "x@y.example"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .add_suppression(s("a.example", "z@y.example"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .add_suppression(s("b.example", "x@y.example"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .suppression("a.example", "x@Y.example")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .suppression("c.example", "x@y.example")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .suppressions(Some("a.example"), None, 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let page = store
+            .suppressions(None, Some(("a.example".into(), "x@y.example".into())), 10)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(
+            store
+                .remove_suppression("a.example", "x@y.example")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remove_suppression("a.example", "x@y.example")
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

@@ -186,4 +186,82 @@ pub struct RecipientUpdate {
     /// For `Deferred`: when to try again (unix ms).
     pub next_attempt: i64,
     pub reply: String,
+    /// Bounce class of a failure (bad mailbox, mailbox full, policy, ...), if known.
+    pub class: Option<String>,
+}
+
+/// What happened, as recorded in the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Accepted,
+    Delivered,
+    Deferred,
+    Bounced,
+    Suppressed,
+    Unsubscribed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Bounced => "bounced",
+            EventKind::Suppressed => "suppressed",
+            EventKind::Unsubscribed => "unsubscribed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "accepted" => EventKind::Accepted,
+            "delivered" => EventKind::Delivered,
+            "deferred" => EventKind::Deferred,
+            "bounced" => EventKind::Bounced,
+            "suppressed" => EventKind::Suppressed,
+            "unsubscribed" => EventKind::Unsubscribed,
+            _ => return None,
+        })
+    }
+
+    /// The event a recipient's new status produces.
+    pub fn for_status(status: RecipientStatus) -> Option<EventKind> {
+        match status {
+            RecipientStatus::Delivered => Some(EventKind::Delivered),
+            RecipientStatus::Deferred => Some(EventKind::Deferred),
+            RecipientStatus::Bounced => Some(EventKind::Bounced),
+            RecipientStatus::Suppressed => Some(EventKind::Suppressed),
+            RecipientStatus::Queued | RecipientStatus::Local => None,
+        }
+    }
+}
+
+/// One entry of the durable event log. `id` is the paging cursor: it only grows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub kind: EventKind,
+    pub message_id: Option<QueueId>,
+    pub recipient: Option<String>,
+    /// The authenticated user who sent the message, for per-tenant views.
+    pub user: Option<String>,
+    pub reply: Option<String>,
+    pub class: Option<String>,
+}
+
+/// An address that must not be mailed from one sending domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Suppression {
+    /// The sending domain the suppression belongs to (lower case).
+    pub domain: String,
+    /// The suppressed recipient address (lower case).
+    pub address: String,
+    /// Why: `bounce: <reply>`, `unsubscribe`, `complaint`, `manual`.
+    pub reason: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
 }
