@@ -6,16 +6,17 @@
 //! once due. The window (`delivery.max_messages_in_memory`) bounds memory: a queue of
 //! a million messages keeps at most that many in memory, the rest stay in the store.
 //!
-//! Work is grouped per destination domain into ready queues. Each domain has at most
+//! Work is grouped per destination (a route's host, or a domain's best MX hosts, so
+//! domains sharing MX hosts share limits) into ready queues. Each has at most
 //! `max_connections` workers; a worker keeps its connection open for up to
 //! `max_messages_per_connection` messages, and for `idle_timeout` when its queue runs
-//! dry. A connection failure or a "slow down" reply suspends the domain: its queued
-//! work is deferred and new work is deferred at once until the suspension ends.
+//! dry. A connection failure or a "slow down" reply suspends the destination: its
+//! queued work is deferred and new work is deferred at once until the suspension ends.
 //!
 //! Delivery is at least once: a claim is a lease in the store, so work lost in a
 //! crash is claimed again after restart.
 
-mod domains;
+mod destinations;
 mod retry;
 mod worker;
 
@@ -23,7 +24,7 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::outbound::TlsClient;
 use crate::store::{DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, Store};
-use domains::Domains;
+use destinations::Destinations;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -79,6 +80,8 @@ impl Drop for HeldMessage {
 pub(crate) struct Job {
     pub message: Arc<HeldMessage>,
     pub domain: String,
+    /// The ready queue it waits in (see `destinations`).
+    pub destination: String,
     pub recipients: Vec<DueRecipient>,
 }
 
@@ -89,7 +92,7 @@ pub(crate) struct Engine {
     pub tls: TlsClient,
     window: Arc<Semaphore>,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
-    pub domains: Domains,
+    pub destinations: Destinations,
     wake_scanner: Notify,
 }
 
@@ -169,7 +172,7 @@ pub fn start(
         tls: TlsClient::new(),
         window,
         held: Arc::new(Mutex::new(HashMap::new())),
-        domains: Domains::default(),
+        destinations: Destinations::default(),
         wake_scanner: Notify::new(),
     });
     tokio::spawn(engine.clone().scan_loop());
@@ -216,13 +219,36 @@ impl Engine {
         for (domain, recipients) in by_domain {
             let job = Job {
                 message: message.clone(),
+                destination: self.destination_key(&domain).await,
                 domain,
                 recipients,
             };
-            if let Err((job, reply)) = self.domains.push(self, job) {
-                // The domain is suspended: defer without trying.
+            if let Err((job, reply)) = self.destinations.push(self, job) {
+                // The destination is suspended: defer without trying.
                 self.record(&job, vec![reply; job.recipients.len()]).await;
             }
+        }
+    }
+
+    /// Names the ready queue for `domain`: its route's host, or its best MX hosts
+    /// (looked up through the resolver's cache). Lookup failures fall back to the
+    /// domain itself; the worker meets the failure again and records it.
+    async fn destination_key(&self, domain: &str) -> String {
+        if let Some(route) = crate::outbound::route_for(&self.config, domain) {
+            return format!("route:{}", route.to);
+        }
+        match self.resolver.mx(domain).await {
+            Ok(crate::dns::MxAnswer::Exchanges(exchanges)) => {
+                let best = exchanges[0].0;
+                let mut hosts: Vec<&str> = exchanges
+                    .iter()
+                    .filter(|(preference, _)| *preference == best)
+                    .map(|(_, host)| host.as_str())
+                    .collect();
+                hosts.sort_unstable();
+                format!("mx:{}", hosts.join(","))
+            }
+            _ => format!("domain:{domain}"),
         }
     }
 

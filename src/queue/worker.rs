@@ -1,26 +1,25 @@
-//! A delivery worker: takes jobs from one domain's ready queue, sends them over one
-//! reused connection, and records each recipient's outcome.
+//! A delivery worker: takes jobs from one destination's ready queue, sends them over
+//! one reused connection, and records each recipient's outcome.
 
 use super::{Engine, Job, now_ms, retry};
 use crate::bounce::means_slow_down;
+use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::store::{RecipientStatus, RecipientUpdate};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(super) async fn run(engine: Arc<Engine>, domain: String) {
-    let delivery = &engine.config.delivery;
-    let shaping = delivery.shaping_for(&domain);
-    let idle_timeout = delivery.idle_timeout.get();
+pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shaping) {
+    let idle_timeout = engine.config.delivery.idle_timeout.get();
     let mut connection: Option<(SmtpClient, usize)> = None;
     while let Some(job) = engine
-        .domains
-        .next_job(&domain, connection.is_some(), idle_timeout)
+        .destinations
+        .next_job(&destination, connection.is_some(), idle_timeout)
         .await
     {
         engine
-            .domains
-            .pace(&domain, shaping.messages_per_minute)
+            .destinations
+            .pace(&destination, shaping.messages_per_minute)
             .await;
         let content = match job.message.content(engine.store.as_ref()).await {
             Ok(c) => c,
@@ -33,7 +32,7 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
         };
         let (mut client, mut sent) = match connection.take() {
             Some(open) => open,
-            None => match engine.open(&domain).await {
+            None => match engine.open(&job.domain).await {
                 Ok(client) => (client, 0),
                 Err(reply) => {
                     engine.destination_failed(job, reply).await;
@@ -52,7 +51,7 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
         if result.is_err() && sent > 0 {
             // A reused connection may have been closed by the server while idle;
             // that says nothing about this message, so try once on a fresh one.
-            match engine.open(&domain).await {
+            match engine.open(&job.domain).await {
                 Ok(fresh) => {
                     (client, sent) = (fresh, 0);
                     result = client.send(&envelope).await;
@@ -71,7 +70,7 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
                     .iter()
                     .find(|r| means_slow_down(r.code, &r.text))
                     .cloned();
-                tracing::info!(queue_id = %job.message.id, %domain, %remote, tls = client.tls,
+                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, tls = client.tls,
                     replies = %replies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "), "delivery attempt");
                 // Recording waits for a group commit; the connection need not wait
                 // with it. A crash before the commit means a second delivery, never a
@@ -80,7 +79,7 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
                 tokio::spawn(async move { recorder.record(&job, replies).await });
                 if let Some(reply) = slow_down {
                     client.quit().await;
-                    engine.suspend(&domain, reply).await;
+                    engine.suspend(&destination, reply).await;
                 } else if sent >= shaping.max_messages_per_connection {
                     client.quit().await;
                 } else {
@@ -88,7 +87,7 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
                 }
             }
             Err(e) => {
-                tracing::info!(queue_id = %job.message.id, %domain, %remote, error = %e, "delivery attempt failed");
+                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, error = %e, "delivery attempt failed");
                 engine
                     .record(&job, vec![e.as_reply(); job.recipients.len()])
                     .await;
@@ -114,7 +113,7 @@ impl Engine {
     }
 
     /// The domain could not be reached: a permanent reason bounces the job; a
-    /// temporary one defers it and suspends the domain.
+    /// temporary one defers it and suspends its destination.
     async fn destination_failed(&self, job: Job, reply: RemoteReply) {
         tracing::info!(queue_id = %job.message.id, domain = %job.domain, reply = %reply, "destination unavailable");
         let domain = job.domain.clone();
@@ -126,12 +125,12 @@ impl Engine {
         }
     }
 
-    /// Suspends a domain for the first retry interval and defers what was waiting.
-    async fn suspend(&self, domain: &str, reply: RemoteReply) {
+    /// Suspends a destination for the first retry interval and defers what was waiting.
+    async fn suspend(&self, destination: &str, reply: RemoteReply) {
         let pause: Duration = self.config.delivery.retry[0].get();
         for job in self
-            .domains
-            .suspend(domain, Instant::now() + pause, reply.clone())
+            .destinations
+            .suspend(destination, Instant::now() + pause, reply.clone())
         {
             self.record(&job, vec![reply.clone(); job.recipients.len()])
                 .await;
