@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod message;
 pub mod server;
