@@ -4,6 +4,8 @@ pub mod auth;
 pub mod bounce;
 pub mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod message;
 pub mod outbound;

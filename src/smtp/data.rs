@@ -83,6 +83,9 @@ impl DataReceiver {
                 }
                 self.note(LineEndingViolation::BareCr);
                 self.emit(out, b"\r");
+                // What follows a bare CR does not start a line: a dot there is data,
+                // and `<CRLF><CR>.<CRLF>` must not end the message.
+                self.line_start = false;
                 self.dot_only = false;
                 // fall through: `b` is processed as ordinary input below
             }
@@ -232,6 +235,24 @@ mod tests {
             assert_eq!(status, DataStatus::Continue, "{variant:?} ended data");
             assert_eq!(n, variant.len());
             assert_eq!(v, Some(kind), "{variant:?}");
+        }
+    }
+
+    /// Found by `fuzz/data_receiver`: a bare CR at the start of a line left the line
+    /// "at its start", so `<CRLF><CR>.<CRLF>` (or `<CR>.<CRLF>` right after DATA) ended
+    /// the data and the rest was read as commands: a smuggled second message.
+    #[test]
+    fn dot_after_bare_cr_neither_unstuffed_nor_ends_data() {
+        for variant in [
+            &b"\r.\r\nMAIL FROM:<x@y>\r\n"[..],
+            b"a\r\n\r.\r\nMAIL FROM:<x@y>\r\n",
+            b"a\r\n\r..\r\n",
+        ] {
+            let (out, n, status, v) = receive(variant);
+            assert_eq!(status, DataStatus::Continue, "{variant:?} ended data");
+            assert_eq!(n, variant.len());
+            assert_eq!(v, Some(LineEndingViolation::BareCr), "{variant:?}");
+            assert_eq!(out, variant, "{variant:?}: a dot was removed");
         }
     }
 
