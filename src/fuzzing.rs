@@ -63,6 +63,12 @@ fn address(text: &str) {
             "mailbox {shown:?} from {text:?} contains a control character"
         );
         assert!(!mailbox.local().is_empty());
+        // Stored addresses are parsed again by delivery: the shown form must round-trip.
+        assert_eq!(
+            Mailbox::parse(&shown).as_ref(),
+            Some(&mailbox),
+            "mailbox {shown:?} from {text:?} does not parse back"
+        );
         domain(mailbox.domain().as_str());
     }
     domain(text.rsplit_once('@').map_or(text, |(_, d)| d));

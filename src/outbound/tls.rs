@@ -28,15 +28,9 @@ impl TlsClient {
             .expect("ring supports the default TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let encrypting_only = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth();
         TlsClient {
             verifying: TlsConnector::from(Arc::new(verifying)),
-            encrypting_only: TlsConnector::from(Arc::new(encrypting_only)),
+            encrypting_only: TlsConnector::from(unverified_config()),
         }
     }
 
@@ -61,6 +55,20 @@ impl Default for TlsClient {
     fn default() -> Self {
         TlsClient::new()
     }
+}
+
+/// A client configuration that encrypts without verifying the certificate (still
+/// checking the handshake signatures). Also what tests use to reach a server with
+/// a self-signed certificate.
+pub fn unverified_config() -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// Accepts any certificate but still checks the handshake signatures, so the

@@ -15,11 +15,19 @@ impl Domain {
             return None;
         }
         if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-            let ip = inner.strip_prefix("IPv6:").unwrap_or(inner);
-            return ip
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .map(|_| Domain(text.to_ascii_lowercase()));
+            // RFC 5321 §4.1.3: `[1.2.3.4]` or `[IPv6:...]`; the tag is matched without
+            // regard to case and written in its canonical form.
+            let (tag, ip) = match inner.get(..5) {
+                Some(t) if t.eq_ignore_ascii_case("IPv6:") => ("IPv6:", &inner[5..]),
+                _ => ("", inner),
+            };
+            return match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(v6)) if !tag.is_empty() => {
+                    Some(Domain(format!("[IPv6:{v6}]")))
+                }
+                Ok(std::net::IpAddr::V4(v4)) if tag.is_empty() => Some(Domain(format!("[{v4}]"))),
+                _ => None,
+            };
         }
         let valid_label = |l: &str| {
             !l.is_empty()
@@ -29,9 +37,11 @@ impl Domain {
                 && l.chars()
                     .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
         };
+        // Only ASCII is folded: full Unicode lower-casing can turn a valid label
+        // into an invalid one (`İ` becomes `i` + a combining dot).
         text.split('.')
             .all(valid_label)
-            .then(|| Domain(text.to_lowercase()))
+            .then(|| Domain(text.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
