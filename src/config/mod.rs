@@ -212,6 +212,8 @@ pub struct DeliveryConfig {
     /// Messages the scheduler keeps in memory at once; the rest wait in the store.
     /// Default 10,000.
     pub max_messages_in_memory: usize,
+    /// Octets of message content the scheduler keeps in memory at once. Default 256 MiB.
+    pub max_bytes_in_memory: usize,
     /// Idle time after which a reusable outbound connection is closed. Default 2s.
     pub idle_timeout: Duration,
 }
@@ -233,6 +235,7 @@ impl Default for DeliveryConfig {
             mx_port: 25,
             paused: false,
             max_messages_in_memory: 10_000,
+            max_bytes_in_memory: 256 * 1024 * 1024,
             idle_timeout: Duration::from_secs(2),
         }
     }
@@ -408,9 +411,11 @@ impl Config {
         if self.delivery.retry.is_empty() {
             return invalid("delivery.retry needs at least one interval".into());
         }
-        if self.delivery.max_messages_in_memory < 1 || self.delivery.max_connections_per_domain < 1
+        if self.delivery.max_messages_in_memory < 1
+            || self.delivery.max_bytes_in_memory < 1024 * 1024
+            || self.delivery.max_connections_per_domain < 1
         {
-            return invalid("delivery.max_messages_in_memory and delivery.max_connections_per_domain must be at least 1".into());
+            return invalid("delivery.max_messages_in_memory and delivery.max_connections_per_domain must be at least 1, delivery.max_bytes_in_memory at least 1 MiB".into());
         }
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());

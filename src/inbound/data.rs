@@ -116,7 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let rcpts = transaction.recipients.len();
         // With a place in delivery's window the message goes there directly, and
         // the store's copy is claimed for the lease so no scan takes it twice.
-        let reservation = self.ctx.queue.as_ref().and_then(|q| q.try_reserve());
+        let reservation = self
+            .ctx
+            .queue
+            .as_ref()
+            .and_then(|q| q.try_reserve(full.len()));
         let received_at = now.timestamp_millis();
         let first_attempt_at = match reservation {
             Some(_) => received_at + crate::queue::CLAIM_LEASE.as_millis() as i64,

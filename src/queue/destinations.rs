@@ -13,6 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// A job refused because its destination is suspended, with the reason and end.
+pub(crate) struct Suspended {
+    pub job: Job,
+    pub reply: RemoteReply,
+    pub until: Instant,
+}
+
 #[derive(Default)]
 pub(crate) struct Destinations {
     queues: Mutex<HashMap<String, ReadyQueue>>,
@@ -34,14 +41,18 @@ struct ReadyQueue {
 impl Destinations {
     /// Queues a job and makes sure a worker will take it. When the destination is
     /// suspended the job is handed back with the reply to record.
-    pub fn push(&self, engine: &Arc<Engine>, job: Job) -> Result<(), (Job, RemoteReply)> {
+    pub fn push(&self, engine: &Arc<Engine>, job: Job) -> Result<(), Box<Suspended>> {
         let shaping = engine.config.delivery.shaping_for(&job.domain);
         let destination = job.destination.clone();
         let mut queues = self.queues.lock().expect("ready queues lock");
         let queue = queues.entry(destination.clone()).or_default();
         if let Some((until, reply)) = &queue.suspended {
             if Instant::now() < *until {
-                return Err((job, reply.clone()));
+                return Err(Box::new(Suspended {
+                    job,
+                    reply: reply.clone(),
+                    until: *until,
+                }));
             }
             queue.suspended = None;
         }
@@ -107,16 +118,32 @@ impl Destinations {
         }
     }
 
-    /// Suspends `destination` until `until`; returns the jobs that were waiting, which
-    /// the caller defers with `reply`.
+    /// Suspends `destination` until `until`; returns the jobs that were waiting,
+    /// which the caller defers with `reply`.
     pub fn suspend(&self, destination: &str, until: Instant, reply: RemoteReply) -> Vec<Job> {
         let mut queues = self.queues.lock().expect("ready queues lock");
         let Some(queue) = queues.get_mut(destination) else {
             return Vec::new();
         };
-        tracing::warn!(destination, reply = %reply, until = ?until.saturating_duration_since(Instant::now()), "destination suspended");
+        // Several workers may meet the same failure; say it once.
+        if queue
+            .suspended
+            .as_ref()
+            .is_none_or(|(t, _)| Instant::now() >= *t)
+        {
+            tracing::warn!(destination, reply = %reply, pause = ?until.saturating_duration_since(Instant::now()), "destination suspended");
+        }
         queue.suspended = Some((until, reply));
         queue.jobs.drain(..).collect()
+    }
+
+    /// Ends every suspension (an operator asked for a retry).
+    pub fn lift_suspensions(&self) {
+        let mut queues = self.queues.lock().expect("ready queues lock");
+        for queue in queues.values_mut() {
+            queue.suspended = None;
+        }
+        queues.retain(|_, q| q.workers > 0 || !q.jobs.is_empty());
     }
 
     /// Waits for this destination's turn when `messages_per_minute` is set.

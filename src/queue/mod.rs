@@ -3,8 +3,9 @@
 //! Messages reach it two ways. Fresh mail comes straight from inbound (with its
 //! content in memory) when the in-memory window has room; everything else — retries,
 //! overflow, mail left by a previous run — is claimed from the store by a scanner
-//! once due. The window (`delivery.max_messages_in_memory`) bounds memory: a queue of
-//! a million messages keeps at most that many in memory, the rest stay in the store.
+//! once due. The window (`delivery.max_messages_in_memory` and
+//! `max_bytes_in_memory`) bounds memory: a queue of a million messages keeps at most
+//! that many (and that much content) in memory; the rest stay in the store.
 //!
 //! Work is grouped per destination (a route's host, or a domain's best MX hosts, so
 //! domains sharing MX hosts share limits) into ready queues. Each has at most
@@ -18,6 +19,7 @@
 
 mod destinations;
 mod retry;
+mod window;
 mod worker;
 
 use crate::config::Config;
@@ -28,7 +30,9 @@ use destinations::Destinations;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OnceCell};
+use window::{Place, Window};
+use worker::Attempt;
 
 /// How long a claim in the store lasts before another scan may take the work again.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
@@ -49,7 +53,7 @@ pub(crate) struct HeldMessage {
     pub received_at: i64,
     content: OnceCell<Arc<Vec<u8>>>,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 impl HeldMessage {
@@ -90,7 +94,7 @@ pub(crate) struct Engine {
     pub store: Arc<dyn Store>,
     pub resolver: Arc<dyn Resolver>,
     pub tls: TlsClient,
-    window: Arc<Semaphore>,
+    window: Window,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub destinations: Destinations,
     wake_scanner: Notify,
@@ -105,17 +109,17 @@ pub struct QueueHandle {
 /// A place in the in-memory window, taken before the message is committed.
 pub struct Reservation {
     engine: Arc<Engine>,
-    permit: OwnedSemaphorePermit,
+    place: Place,
 }
 
 impl QueueHandle {
-    /// A place in the window, if there is one. Without it the message simply waits
-    /// in the store for the scanner.
-    pub fn try_reserve(&self) -> Option<Reservation> {
-        let permit = self.engine.window.clone().try_acquire_owned().ok()?;
+    /// A place in the window for a message of `size` octets, if there is one.
+    /// Without it the message simply waits in the store for the scanner.
+    pub fn try_reserve(&self, size: usize) -> Option<Reservation> {
+        let place = self.engine.window.try_take(size)?;
         Some(Reservation {
             engine: self.engine.clone(),
-            permit,
+            place,
         })
     }
 
@@ -146,11 +150,12 @@ impl Reservation {
             DueMessage {
                 id: message.id.clone(),
                 mail_from: message.mail_from.clone(),
+                size: message.content.len(),
                 smtputf8: message.smtputf8,
                 received_at: message.received_at,
                 recipients: Vec::new(),
             },
-            self.permit,
+            self.place,
             Some(message.content.clone()),
         );
         let engine = self.engine;
@@ -164,7 +169,10 @@ pub fn start(
     store: Arc<dyn Store>,
     resolver: Arc<dyn Resolver>,
 ) -> QueueHandle {
-    let window = Arc::new(Semaphore::new(config.delivery.max_messages_in_memory));
+    let window = Window::new(
+        config.delivery.max_messages_in_memory,
+        config.delivery.max_bytes_in_memory,
+    );
     let engine = Arc::new(Engine {
         config,
         store,
@@ -183,7 +191,7 @@ impl Engine {
     fn hold(
         &self,
         due: DueMessage,
-        permit: OwnedSemaphorePermit,
+        place: Place,
         content: Option<Arc<Vec<u8>>>,
     ) -> Arc<HeldMessage> {
         let message = Arc::new(HeldMessage {
@@ -193,7 +201,7 @@ impl Engine {
             received_at: due.received_at,
             content: OnceCell::new_with(content),
             held: self.held.clone(),
-            _permit: permit,
+            _place: place,
         });
         self.held
             .lock()
@@ -223,9 +231,12 @@ impl Engine {
                 domain,
                 recipients,
             };
-            if let Err((job, reply)) = self.destinations.push(self, job) {
-                // The destination is suspended: defer without trying.
-                self.record(&job, vec![reply; job.recipients.len()]).await;
+            if let Err(refused) = self.destinations.push(self, job) {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let destinations::Suspended { job, reply, until } = *refused;
+                    engine.record(&job, Attempt::Skipped { reply, until }).await
+                });
             }
         }
     }
@@ -263,16 +274,30 @@ impl Engine {
             Err(e) => tracing::error!(error = %e, "cannot release old claims"),
         }
         self.finish_leftovers().await;
+        let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
         loop {
-            self.scan_once().await;
+            // `outpost queue retry` runs in another process: its request lifts the
+            // suspensions here too, or retried mail would be deferred untried.
+            if let Ok(requested) = self.store.retry_requested_at().await
+                && requested > retry_seen
+            {
+                retry_seen = requested;
+                self.destinations.lift_suspensions();
+            }
+            if self.scan_once().await {
+                // More may be due: go on as soon as the window has room.
+                self.window.wait_for_room(SCAN_INTERVAL).await;
+                continue;
+            }
             let _ = tokio::time::timeout(SCAN_INTERVAL, self.wake_scanner.notified()).await;
         }
     }
 
-    async fn scan_once(self: &Arc<Self>) {
-        let room = self.window.available_permits().min(SCAN_BATCH);
+    /// Claims and dispatches due work; true when more may be due right away.
+    async fn scan_once(self: &Arc<Self>) -> bool {
+        let room = self.window.room().min(SCAN_BATCH);
         if room == 0 {
-            return;
+            return true;
         }
         let now = now_ms();
         let lease_until = now + CLAIM_LEASE.as_millis() as i64;
@@ -280,9 +305,10 @@ impl Engine {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot claim due messages");
-                return;
+                return false;
             }
         };
+        let more = claimed.iter().map(|m| m.recipients.len()).sum::<usize>() >= room;
         for mut due in claimed {
             let recipients = std::mem::take(&mut due.recipients);
             let existing = self
@@ -293,17 +319,18 @@ impl Engine {
                 .and_then(Weak::upgrade);
             let message = match existing {
                 Some(m) => m,
-                None => match self.window.clone().try_acquire_owned() {
-                    Ok(permit) => self.hold(due, permit, None),
-                    Err(_) => {
+                None => match self.window.try_take(due.size) {
+                    Some(place) => self.hold(due, place, None),
+                    None => {
                         // Inbound took the room meanwhile: give the claim back.
-                        let _ = self.store.retry_now(Some(&due.id), now).await;
+                        let _ = self.store.unclaim(&due.id, now).await;
                         continue;
                     }
                 },
             };
             self.dispatch(message, recipients).await;
         }
+        more
     }
 
     /// Sends the bounce reports a previous run owed but did not send.

@@ -7,7 +7,7 @@ use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::store::{RecipientStatus, RecipientUpdate};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shaping) {
     let idle_timeout = engine.config.delivery.idle_timeout.get();
@@ -26,7 +26,9 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             Err(reason) => {
                 tracing::error!(queue_id = %job.message.id, reason, "cannot load message for delivery");
                 let reply = RemoteReply::local(451, [4, 3, 0], format!("local error: {reason}"));
-                engine.record(&job, vec![reply; job.recipients.len()]).await;
+                engine
+                    .record(&job, Attempt::Made(vec![reply; job.recipients.len()]))
+                    .await;
                 continue;
             }
         };
@@ -76,7 +78,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 // with it. A crash before the commit means a second delivery, never a
                 // lost one.
                 let recorder = engine.clone();
-                tokio::spawn(async move { recorder.record(&job, replies).await });
+                tokio::spawn(async move { recorder.record(&job, Attempt::Made(replies)).await });
                 if let Some(reply) = slow_down {
                     client.quit().await;
                     engine.suspend(&destination, reply).await;
@@ -89,7 +91,10 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             Err(e) => {
                 tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, error = %e, "delivery attempt failed");
                 engine
-                    .record(&job, vec![e.as_reply(); job.recipients.len()])
+                    .record(
+                        &job,
+                        Attempt::Made(vec![e.as_reply(); job.recipients.len()]),
+                    )
                     .await;
             }
         }
@@ -97,6 +102,15 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
     if let Some((client, _)) = connection {
         client.quit().await;
     }
+}
+
+/// What became of a job.
+pub(super) enum Attempt {
+    /// Replies from the destination (or made up for a failure to reach it), one
+    /// per recipient.
+    Made(Vec<RemoteReply>),
+    /// Not tried: the destination is suspended until `until`.
+    Skipped { reply: RemoteReply, until: Instant },
 }
 
 impl Engine {
@@ -116,32 +130,40 @@ impl Engine {
     /// temporary one defers it and suspends its destination.
     async fn destination_failed(&self, job: Job, reply: RemoteReply) {
         tracing::info!(queue_id = %job.message.id, domain = %job.domain, reply = %reply, "destination unavailable");
-        let domain = job.domain.clone();
+        let destination = job.destination.clone();
         let permanent = reply.is_permanent();
-        self.record(&job, vec![reply.clone(); job.recipients.len()])
-            .await;
+        self.record(
+            &job,
+            Attempt::Made(vec![reply.clone(); job.recipients.len()]),
+        )
+        .await;
         if !permanent {
-            self.suspend(&domain, reply).await;
+            self.suspend(&destination, reply).await;
         }
     }
 
-    /// Suspends a destination for the first retry interval and defers what was waiting.
+    /// Suspends a destination for the first retry interval and defers, untried,
+    /// what was waiting.
     async fn suspend(&self, destination: &str, reply: RemoteReply) {
-        let pause: Duration = self.config.delivery.retry[0].get();
-        for job in self
-            .destinations
-            .suspend(destination, Instant::now() + pause, reply.clone())
-        {
-            self.record(&job, vec![reply.clone(); job.recipients.len()])
-                .await;
+        let until = Instant::now() + self.config.delivery.retry[0].get();
+        for job in self.destinations.suspend(destination, until, reply.clone()) {
+            let reply = reply.clone();
+            self.record(&job, Attempt::Skipped { reply, until }).await;
         }
     }
 
     /// Records one reply per recipient of `job`; finishes the message when it is
     /// the last outcome it was waiting for.
-    pub(super) async fn record(&self, job: &Job, replies: Vec<RemoteReply>) {
+    pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
         let now = now_ms();
         let delivery = &self.config.delivery;
+        let (replies, attempted, resume_at) = match attempt {
+            Attempt::Made(replies) => (replies, true, None),
+            Attempt::Skipped { reply, until } => {
+                let wait = until.saturating_duration_since(Instant::now()).as_millis() as i64;
+                (vec![reply; job.recipients.len()], false, Some(now + wait))
+            }
+        };
         let updates = job
             .recipients
             .iter()
@@ -155,7 +177,9 @@ impl Engine {
                     let text = format!("{} 4.4.7 Delivery time expired; last error: {reply}", reply.code);
                     (RecipientStatus::Bounced, 0, text)
                 } else {
-                    let next = retry::next_attempt(&delivery.retry, recipient.attempts + 1, now);
+                    let next = resume_at.unwrap_or_else(|| {
+                        retry::next_attempt(&delivery.retry, recipient.attempts + 1, now)
+                    });
                     (RecipientStatus::Deferred, next, reply.to_string())
                 };
                 tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
@@ -165,6 +189,7 @@ impl Engine {
                     next_attempt,
                     reply: text,
                     class: None,
+                    attempted,
                 }
             })
             .collect();

@@ -82,9 +82,15 @@ pub trait Store: Send + Sync {
     /// Messages whose recipients are all final but that were not finalized (the
     /// process stopped in between): their bounce reports may still be owed.
     fn unfinalized(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>>;
-    /// Makes pending recipients due now: of one message, or of all with `None`.
+    /// Makes pending recipients due now: of one message, or of all with `None`, and
+    /// notes the request so a running scheduler also lifts its suspensions.
     /// Returns how many recipients were changed.
     fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize>;
+    /// Gives back a claim the scheduler cannot serve now: the message's pending
+    /// recipients become due at `now` (no retry request is noted).
+    fn unclaim(&self, id: &QueueId, now: i64) -> StoreFuture<'_, ()>;
+    /// When `retry_now` was last asked for (unix ms; 0 if never).
+    fn retry_requested_at(&self) -> StoreFuture<'_, i64>;
     /// At start-up of a single node: claims left by a previous run are void.
     fn release_claims(&self, now: i64) -> StoreFuture<'_, usize>;
 

@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS suppressions (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (domain, address)
 );
+CREATE TABLE IF NOT EXISTS control (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -319,8 +323,9 @@ fn claim_due(
     let mut lease = conn.prepare_cached(
         "UPDATE recipients SET next_attempt = ?3 WHERE message_id = ?1 AND idx = ?2",
     )?;
-    let mut envelope =
-        conn.prepare_cached("SELECT mail_from, smtputf8, received_at FROM messages WHERE id = ?1")?;
+    let mut envelope = conn.prepare_cached(
+        "SELECT mail_from, smtputf8, received_at, size FROM messages WHERE id = ?1",
+    )?;
     let mut messages: Vec<DueMessage> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (id, idx, address, attempts, _) in rows {
@@ -334,12 +339,14 @@ fn claim_due(
             messages[i].recipients.push(recipient);
             continue;
         }
-        let (mail_from, smtputf8, received_at) =
-            envelope.query_row([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        let (mail_from, smtputf8, received_at, size) = envelope.query_row([&id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get::<_, i64>(3)?))
+        })?;
         index.insert(id.clone(), messages.len());
         messages.push(DueMessage {
             id: QueueId(id),
             mail_from,
+            size: size as usize,
             smtputf8,
             received_at,
             recipients: vec![recipient],
@@ -393,6 +400,20 @@ fn row_to_suppression(row: &rusqlite::Row<'_>) -> rusqlite::Result<Suppression> 
         reason: row.get(2)?,
         created_at: row.get(3)?,
     })
+}
+
+/// Pending recipients (of one message, or all) become due at `now`.
+fn make_due(conn: &Connection, id: Option<&str>, now: i64) -> rusqlite::Result<usize> {
+    match id {
+        Some(id) => conn.execute(
+            "UPDATE recipients SET next_attempt = ?2 WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+            params![id, now],
+        ),
+        None => conn.execute(
+            "UPDATE recipients SET next_attempt = ?1 WHERE status IN ('queued', 'deferred') AND next_attempt > ?1",
+            [now],
+        ),
+    }
 }
 
 fn load_user(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserRecord>> {
@@ -534,12 +555,19 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, attempts = attempts + 1
+                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, attempts = attempts + ?6
                      WHERE message_id = ?1 AND idx = ?2",
                 )
                 .map_err(backend)?;
             for u in &updates {
-                stmt.execute(params![id, u.idx as i64, u.status.as_str(), u.next_attempt, u.reply])
+                stmt.execute(params![
+                    id,
+                    u.idx as i64,
+                    u.status.as_str(),
+                    u.next_attempt,
+                    u.reply,
+                    i64::from(u.attempted)
+                ])
                     .map_err(backend)?;
             }
             if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
@@ -603,17 +631,29 @@ impl Store for SqliteStore {
     fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize> {
         let id = id.map(|id| id.to_string());
         Box::pin(self.write(move |conn| {
-            match &id {
-                Some(id) => conn.execute(
-                    "UPDATE recipients SET next_attempt = ?2 WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
-                    params![id, now],
-                ),
-                None => conn.execute(
-                    "UPDATE recipients SET next_attempt = ?1 WHERE status IN ('queued', 'deferred') AND next_attempt > ?1",
-                    [now],
-                ),
-            }
-            .map_err(backend)
+            conn.execute(
+                "INSERT INTO control (key, value) VALUES ('retry_requested', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [now],
+            )
+            .map_err(backend)?;
+            make_due(conn, id.as_deref(), now).map_err(backend)
+        }))
+    }
+
+    fn unclaim(&self, id: &QueueId, now: i64) -> StoreFuture<'_, ()> {
+        let id = id.to_string();
+        Box::pin(
+            self.write(move |conn| make_due(conn, Some(&id), now).map(|_| ()).map_err(backend)),
+        )
+    }
+
+    fn retry_requested_at(&self) -> StoreFuture<'_, i64> {
+        Box::pin(self.read(|conn| {
+            conn.prepare_cached("SELECT value FROM control WHERE key = 'retry_requested'")?
+                .query_row([], |row| row.get(0))
+                .optional()
+                .map(Option::unwrap_or_default)
         }))
     }
 
@@ -854,6 +894,7 @@ mod tests {
             next_attempt: 50,
             reply: "r".into(),
             class: None,
+            attempted: true,
         };
         let done = store
             .record_attempt(
@@ -892,7 +933,9 @@ mod tests {
         assert!(store.claim_due(10, 20, 10).await.unwrap().is_empty());
         assert_eq!(store.release_claims(10).await.unwrap(), 1);
         assert_eq!(store.claim_due(10, 5_000, 10).await.unwrap().len(), 1);
+        assert_eq!(store.retry_requested_at().await.unwrap(), 0);
         assert_eq!(store.retry_now(None, 11).await.unwrap(), 1);
+        assert_eq!(store.retry_requested_at().await.unwrap(), 11);
         assert_eq!(store.claim_due(11, 5_000, 10).await.unwrap().len(), 1);
     }
 
@@ -909,6 +952,7 @@ mod tests {
             next_attempt: 0,
             reply: "550 5.1.1 unknown".into(),
             class: Some("bad-mailbox".into()),
+            attempted: true,
         };
         store.record_attempt(&id, vec![update]).await.unwrap();
         let events = store.events(0, 10).await.unwrap();

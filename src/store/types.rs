@@ -164,6 +164,8 @@ pub struct UserRecord {
 pub struct DueMessage {
     pub id: QueueId,
     pub mail_from: String,
+    /// Size of the content in octets.
+    pub size: usize,
     pub smtputf8: bool,
     pub received_at: i64,
     pub recipients: Vec<DueRecipient>,
@@ -188,6 +190,9 @@ pub struct RecipientUpdate {
     pub reply: String,
     /// Bounce class of a failure (bad mailbox, mailbox full, policy, ...), if known.
     pub class: Option<String>,
+    /// False when the recipient was deferred without trying (its destination is
+    /// suspended): the attempt count, which drives the retry schedule, stays.
+    pub attempted: bool,
 }
 
 /// What happened, as recorded in the event log.
