@@ -49,9 +49,14 @@ pub(super) async fn run(engine: Arc<Engine>, domain: String) {
             content: &content,
         };
         let mut result = client.send(&envelope).await;
-        if result.is_err() && sent > 0 {
-            // A reused connection may have been closed by the server while idle;
-            // that says nothing about this message, so try once on a fresh one.
+        let closed = match &result {
+            Err(_) => true,
+            Ok(replies) => replies.iter().all(|r| r.code == 421),
+        };
+        if closed && sent > 0 {
+            // A reused connection may have been closed by the server while idle (or
+            // with a 421 after its per-connection limit); that says nothing about
+            // this message, so try once on a fresh one.
             match engine.open(&domain).await {
                 Ok(fresh) => {
                     (client, sent) = (fresh, 0);
