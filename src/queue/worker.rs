@@ -158,7 +158,10 @@ impl Engine {
                     (RecipientStatus::Bounced, 0, text)
                 } else {
                     let next = retry::next_attempt(&delivery.retry, recipient.attempts + 1, now);
-                    (RecipientStatus::Deferred, next, reply.to_string())
+                    // The last try is at max_age, not at the first interval past it.
+                    let expiry = job.message.received_at
+                        .saturating_add(delivery.max_age.get().as_millis() as i64);
+                    (RecipientStatus::Deferred, next.min(expiry), reply.to_string())
                 };
                 tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
                 RecipientUpdate {
