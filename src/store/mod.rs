@@ -85,8 +85,12 @@ pub trait Store: Send + Sync {
     /// Makes pending recipients due now: of one message, or of all with `None`.
     /// Returns how many recipients were changed.
     fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize>;
-    /// At start-up of a single node: claims left by a previous run are void.
-    fn release_claims(&self, now: i64) -> StoreFuture<'_, usize>;
+    /// At start-up of a single node: claims left by a previous run are void, so
+    /// their recipients are made due at `now`. Claims end by `lease_until` (now
+    /// plus the claim lease): queued recipients due after `now`, and deferred ones
+    /// due between `now` and `lease_until` (a claimed retry cannot be told from a
+    /// retry due that soon; trying the latter a little early is harmless).
+    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize>;
 
     fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
     fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>>;
