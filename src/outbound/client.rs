@@ -348,21 +348,35 @@ impl SmtpClient {
             commands.extend_from_slice(b"DATA\r\n");
             self.write(&commands).await?;
             let mail_reply = self.read_reply().await?;
+            if closing(&mail_reply) {
+                return Ok(vec![mail_reply; n]);
+            }
             let mut rcpt_replies = Vec::with_capacity(n);
             for _ in 0..n {
-                rcpt_replies.push(self.read_reply().await?);
+                let reply = self.read_reply().await?;
+                if closing(&reply) {
+                    return Ok(closed_after(rcpt_replies, reply, n));
+                }
+                rcpt_replies.push(reply);
             }
             let data_reply = self.read_reply().await?;
             (mail_reply, rcpt_replies, Some(data_reply))
         } else {
             self.write(mail.as_bytes()).await?;
             let mail_reply = self.read_reply().await?;
+            if closing(&mail_reply) {
+                return Ok(vec![mail_reply; n]);
+            }
             let mut rcpt_replies = Vec::with_capacity(n);
             if mail_reply.is_positive() {
                 for rcpt in envelope.recipients {
                     self.write(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
                         .await?;
-                    rcpt_replies.push(self.read_reply().await?);
+                    let reply = self.read_reply().await?;
+                    if closing(&reply) {
+                        return Ok(closed_after(rcpt_replies, reply, n));
+                    }
+                    rcpt_replies.push(reply);
                 }
             }
             (mail_reply, rcpt_replies, None)
@@ -380,6 +394,9 @@ impl SmtpClient {
             }
             None => RemoteReply::local(554, [5, 5, 1], "no valid recipients"),
         };
+        if closing(&data_reply) {
+            return Ok(closed_after(rcpt_replies, data_reply, n));
+        }
         if accepted == 0 || data_reply.code != 354 {
             self.reset_after_failure(Some(&data_reply)).await?;
             return Ok(rcpt_replies
@@ -478,6 +495,25 @@ impl SmtpClient {
     }
 }
 
+/// RFC 5321 §3.8: `421` means the server is closing the connection. The
+/// transaction is over for every recipient, and nothing more can be read: the
+/// reply itself is what they all get (and what tells the queue to back off).
+fn closing(reply: &RemoteReply) -> bool {
+    reply.code == 421
+}
+
+/// The replies for `n` recipients when the server closed with `closed` after
+/// answering the first RCPTs with `answered`: a recipient it refused keeps its
+/// own reply, every other one gets the closing reply.
+fn closed_after(answered: Vec<RemoteReply>, closed: RemoteReply, n: usize) -> Vec<RemoteReply> {
+    let mut replies: Vec<RemoteReply> = answered
+        .into_iter()
+        .map(|r| if r.is_positive() { closed.clone() } else { r })
+        .collect();
+    replies.resize(n, closed);
+    replies
+}
+
 fn parse_reply(raw: &[u8]) -> Result<RemoteReply, ClientError> {
     let response = ResponseReceiver::default()
         .parse(&mut raw.iter())
@@ -510,5 +546,16 @@ mod tests {
         );
         let r = parse_reply(b"250 ok\r\n").unwrap();
         assert_eq!((r.enhanced, r.status()), (None, "2.0.0".to_string()));
+    }
+
+    #[test]
+    fn a_421_ends_the_transaction_for_every_recipient_not_refused() {
+        let ok = parse_reply(b"250 2.1.5 ok\r\n").unwrap();
+        let refused = parse_reply(b"550 5.1.1 unknown\r\n").unwrap();
+        let closing = parse_reply(b"421 4.7.0 closing\r\n").unwrap();
+        assert_eq!(
+            closed_after(vec![ok, refused.clone()], closing.clone(), 3),
+            vec![closing.clone(), refused, closing]
+        );
     }
 }

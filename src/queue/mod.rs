@@ -265,7 +265,8 @@ impl Engine {
 
     async fn scan_loop(self: Arc<Self>) {
         let now = now_ms();
-        match self.store.release_claims(now).await {
+        let lease_until = now + CLAIM_LEASE.as_millis() as i64;
+        match self.store.release_claims(now, lease_until).await {
             Ok(n) if n > 0 => tracing::info!(
                 recipients = n,
                 "resuming deliveries left by the previous run"

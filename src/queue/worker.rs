@@ -50,9 +50,14 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             content: &content,
         };
         let mut result = client.send(&envelope).await;
-        if result.is_err() && sent > 0 {
-            // A reused connection may have been closed by the server while idle;
-            // that says nothing about this message, so try once on a fresh one.
+        let closed = match &result {
+            Err(_) => true,
+            Ok(replies) => replies.iter().all(|r| r.code == 421),
+        };
+        if closed && sent > 0 {
+            // A reused connection may have been closed by the server while idle (or
+            // with a 421 after its per-connection limit); that says nothing about
+            // this message, so try once on a fresh one.
             match engine.open(&job.domain).await {
                 Ok(fresh) => {
                     (client, sent) = (fresh, 0);
@@ -180,7 +185,10 @@ impl Engine {
                     let next = resume_at.unwrap_or_else(|| {
                         retry::next_attempt(&delivery.retry, recipient.attempts + 1, now)
                     });
-                    (RecipientStatus::Deferred, next, reply.to_string())
+                    // The last try is at max_age, not at the first interval past it.
+                    let expiry = job.message.received_at
+                        .saturating_add(delivery.max_age.get().as_millis() as i64);
+                    (RecipientStatus::Deferred, next.min(expiry), reply.to_string())
                 };
                 tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
                 RecipientUpdate {

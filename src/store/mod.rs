@@ -91,8 +91,12 @@ pub trait Store: Send + Sync {
     fn unclaim(&self, id: &QueueId, now: i64) -> StoreFuture<'_, ()>;
     /// When `retry_now` was last asked for (unix ms; 0 if never).
     fn retry_requested_at(&self) -> StoreFuture<'_, i64>;
-    /// At start-up of a single node: claims left by a previous run are void.
-    fn release_claims(&self, now: i64) -> StoreFuture<'_, usize>;
+    /// At start-up of a single node: claims left by a previous run are void, so
+    /// their recipients are made due at `now`. Claims end by `lease_until` (now
+    /// plus the claim lease): queued recipients due after `now`, and deferred ones
+    /// due between `now` and `lease_until` (a claimed retry cannot be told from a
+    /// retry due that soon; trying the latter a little early is harmless).
+    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize>;
 
     /// Events with an id greater than `after`, oldest first.
     fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>>;

@@ -657,11 +657,12 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn release_claims(&self, now: i64) -> StoreFuture<'_, usize> {
+    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize> {
         Box::pin(self.write(move |conn| {
             conn.execute(
-                "UPDATE recipients SET next_attempt = ?1 WHERE status = 'queued' AND next_attempt > ?1",
-                [now],
+                "UPDATE recipients SET next_attempt = ?1 WHERE next_attempt > ?1
+                 AND (status = 'queued' OR (status = 'deferred' AND next_attempt <= ?2))",
+                [now, lease_until],
             )
             .map_err(backend)
         }))
@@ -931,7 +932,7 @@ mod tests {
         msg.first_attempt_at = 1_000_000;
         store.enqueue(msg).await.unwrap();
         assert!(store.claim_due(10, 20, 10).await.unwrap().is_empty());
-        assert_eq!(store.release_claims(10).await.unwrap(), 1);
+        assert_eq!(store.release_claims(10, 600).await.unwrap(), 1);
         assert_eq!(store.claim_due(10, 5_000, 10).await.unwrap().len(), 1);
         assert_eq!(store.retry_requested_at().await.unwrap(), 0);
         assert_eq!(store.retry_now(None, 11).await.unwrap(), 1);
@@ -1047,6 +1048,38 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn release_claims_frees_claimed_retries_but_not_distant_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example", "b@y.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        store.claim_due(10, 20, 10).await.unwrap();
+        let deferred = |idx, next_attempt| RecipientUpdate {
+            idx,
+            status: RecipientStatus::Deferred,
+            next_attempt,
+            reply: "451".into(),
+            class: None,
+            attempted: true,
+        };
+        store
+            .record_attempt(&id, vec![deferred(0, 30), deferred(1, 1_000_000)])
+            .await
+            .unwrap();
+        // The retry of the first recipient is claimed, then the process dies.
+        assert_eq!(store.claim_due(30, 630, 10).await.unwrap().len(), 1);
+        assert!(store.claim_due(40, 640, 10).await.unwrap().is_empty());
+        // Restart at 40 with a lease of 600: the claim (until 630) is void; the
+        // retry due at 1,000,000 keeps its time.
+        assert_eq!(store.release_claims(40, 640).await.unwrap(), 1);
+        let due = store.claim_due(40, 640, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].recipients.len(), 1);
+        assert_eq!(due[0].recipients[0].idx, 0);
     }
 
     #[tokio::test]
