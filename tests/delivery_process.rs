@@ -237,3 +237,47 @@ async fn queue_commands_act_on_a_running_server() {
     );
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_all_lifts_the_suspension_of_a_dead_destination() {
+    // Nothing listens on the MX port at first: the destination is suspended.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dns = dns_for("down.test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Setup::new(&dns, port));
+    let server = Process::start(&config);
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        let rcpt = format!("{name}@down.test");
+        let id = client
+            .deliver(
+                SENDER,
+                &[&rcpt],
+                &mail(SENDER, &rcpt, &format!("down-{name}")),
+            )
+            .await;
+        wait_statuses(&config, id.as_str(), &["deferred"]).await;
+        ids.push(id.to_string());
+    }
+    client.quit().await;
+    // The second message was deferred untried: its attempt count did not grow.
+    let second = show(&config, &ids[1]).expect("queue show");
+    assert_eq!(second["recipients"][0]["attempts"], 0, "{second:#}");
+
+    // The destination comes back; an operator's retry must not wait out the pause.
+    let sink = SmtpSink::builder()
+        .bind(format!("127.0.0.1:{port}").parse().unwrap())
+        .start()
+        .await;
+    cli_ok(&config, &["queue", "retry", "--all"]);
+    let delivered = sink.wait_for_messages(2, WAIT).await;
+    assert_eq!(with_marker(&delivered, "down-first").len(), 1);
+    assert_eq!(with_marker(&delivered, "down-second").len(), 1);
+    wait_queue_empty(&config).await;
+    drop(server);
+}
