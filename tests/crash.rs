@@ -11,12 +11,14 @@
 //! acknowledged is there, byte for byte, with its envelope. Messages whose `250`
 //! was never seen may or may not be there.
 
+#[path = "server_process/mod.rs"]
+mod server_process;
+
 use outpost::store::{QueueId, RecipientStatus, SqliteStore, Store};
+use server_process::Process as Server;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,7 +31,6 @@ const KILL_AFTER_ACKS: usize = 200;
 /// Upper bound of messages one sender sends in a round (it is normally cut off by
 /// the kill long before).
 const MAX_PER_SENDER: usize = 10_000;
-const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const ROUND_DEADLINE: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,86 +41,6 @@ struct Acked {
     recipients: Vec<String>,
     /// The message exactly as sent, before dot-stuffing.
     content: Vec<u8>,
-}
-
-/// `outpost serve` as a child process; killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(config: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("OUTPOST_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn outpost serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            // Reads stderr to its end so the server never blocks on a full pipe.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line.clone());
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        let addr = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(remaining) {
-                Ok(line) => {
-                    if let Some(addr) = listening_addr(&line) {
-                        break addr;
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "serve did not log its relay listener ({e:?}); log:\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `... listening addr=127.0.0.1:PORT mode=Relay` → `127.0.0.1:PORT`.
-fn listening_addr(line: &str) -> Option<String> {
-    let rest = &line[line.find("listening addr=")? + "listening addr=".len()..];
-    let (addr, mode) = rest.split_once(' ')?;
-    (mode.trim() == "mode=Relay").then(|| addr.to_string())
 }
 
 fn write_config(dir: &Path) -> PathBuf {
@@ -145,7 +66,7 @@ struct Client {
 type IoResult<T> = Result<T, String>;
 
 impl Client {
-    async fn connect(addr: &str) -> IoResult<Client> {
+    async fn connect(addr: std::net::SocketAddr) -> IoResult<Client> {
         let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_string())?
@@ -258,14 +179,14 @@ fn make_message(round: usize, sender: usize, seq: usize, nonce: u128) -> Acked {
 
 /// Sends until the connection breaks (the kill) or the cap; records every ack.
 async fn sender(
-    addr: String,
+    addr: std::net::SocketAddr,
     round: usize,
     id: usize,
     nonce: u128,
     acked: Arc<Mutex<HashMap<QueueId, Acked>>>,
     count: Arc<watch::Sender<usize>>,
 ) -> String {
-    let mut client = match Client::connect(&addr).await {
+    let mut client = match Client::connect(addr).await {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -358,7 +279,7 @@ async fn acknowledged_messages_survive_kill_9() {
         let senders: Vec<_> = (0..SENDERS)
             .map(|i| {
                 tokio::spawn(sender(
-                    server.addr.clone(),
+                    server.addr,
                     round,
                     i,
                     nonce,
@@ -375,7 +296,7 @@ async fn acknowledged_messages_survive_kill_9() {
         if !reached {
             panic!(
                 "round {round}: only {at_kill} acks within {ROUND_DEADLINE:?}; server log:\n{}",
-                server.log.lock().unwrap().join("\n")
+                server.log_text()
             );
         }
         server.kill();
@@ -400,7 +321,7 @@ async fn acknowledged_messages_survive_kill_9() {
 
         // Restart on the same data dir: recovery must succeed and mail flow again.
         let restarted = Server::start(&config);
-        let mut client = Client::connect(&restarted.addr)
+        let mut client = Client::connect(restarted.addr)
             .await
             .expect("connect after restart");
         let probe = make_message(round, SENDERS, 0, nonce);
@@ -435,9 +356,12 @@ fn dot_stuffing_doubles_leading_dots_only() {
 fn listening_line_is_parsed() {
     let line =
         "2026-01-01T00:00:00Z  INFO outpost::server: listening addr=127.0.0.1:4242 mode=Relay";
-    assert_eq!(listening_addr(line).as_deref(), Some("127.0.0.1:4242"));
     assert_eq!(
-        listening_addr("INFO listening addr=127.0.0.1:1 mode=Submission"),
+        server_process::relay_listener(line),
+        Some("127.0.0.1:4242".parse().unwrap())
+    );
+    assert_eq!(
+        server_process::relay_listener("INFO listening addr=127.0.0.1:1 mode=Submission"),
         None
     );
 }

@@ -8,7 +8,7 @@ mod delivery_support;
 mod fakes;
 
 use delivery_support::{
-    Process, SENDER, Setup, WAIT, cli, cli_ok, mail, with_marker, write_config,
+    Process, SENDER, Setup, WAIT, cli, cli_ok, client_of, mail, with_marker, write_config,
 };
 use fakes::dns::FakeDns;
 use fakes::sink::SmtpSink;
@@ -96,7 +96,7 @@ async fn kill_9_during_delivery_loses_nothing() {
     let config = write_config(dir.path(), &setup);
     let server = Process::start(&config);
 
-    let mut client = server.client().await;
+    let mut client = client_of(&server).await;
     let mut markers = Vec::new();
     for (prefix, count) in [("fresh", FRESH), ("retry", RETRIED)] {
         for n in 0..count {
@@ -159,7 +159,7 @@ async fn queue_commands_act_on_a_running_server() {
     let config = write_config(dir.path(), &Setup::new(&dns, sink.port()));
     let server = Process::start(&config);
 
-    let mut client = server.client().await;
+    let mut client = client_of(&server).await;
     let mut ids = Vec::new();
     for name in ["one", "two", "three"] {
         let rcpt = format!("{name}@cli.test");
@@ -250,7 +250,7 @@ async fn retry_all_lifts_the_suspension_of_a_dead_destination() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &Setup::new(&dns, port));
     let server = Process::start(&config);
-    let mut client = server.client().await;
+    let mut client = client_of(&server).await;
     let mut ids = Vec::new();
     for name in ["first", "second"] {
         let rcpt = format!("{name}@down.test");
