@@ -122,11 +122,6 @@ impl QueueHandle {
             place,
         })
     }
-
-    /// Wakes the scanner (after `queue retry`, for instance).
-    pub fn wake(&self) {
-        self.engine.wake_scanner.notify_one();
-    }
 }
 
 impl Reservation {
