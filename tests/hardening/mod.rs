@@ -96,3 +96,29 @@ pub async fn wait_until_settled(server: &Server, deadline: Duration) -> Duration
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A server like `common::Server::start_with(Options::trusted())` (delivery
+/// paused) whose data directory is `data_dir` (e.g. on a small filesystem).
+pub async fn paused_server_at(data_dir: &std::path::Path) -> Server {
+    let text = format!(
+        r#"
+hostname = "{HOSTNAME}"
+data_dir = "{data_dir}"
+[[listeners]]
+addr = "127.0.0.1:0"
+mode = "relay"
+[relay]
+trusted_networks = ["127.0.0.0/8"]
+[delivery]
+paused = true
+"#,
+        data_dir = data_dir.display()
+    );
+    let config = Config::from_toml(&text).expect("test configuration is valid");
+    let running = outpost::server::start(Arc::new(config))
+        .await
+        .expect("server starts");
+    // `dir` is only for `Server`'s shape; the data lives in `data_dir`.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    Server { running, dir }
+}
