@@ -3,9 +3,10 @@
 //! network, delivery on, every domain routed to one destination), with a smuggled
 //! second transaction after the fake end. The destination is first our `SmtpSink`
 //! (which splits lines at LF, so it is itself fooled by `<LF>.<CRLF>`: a permissive
-//! receiver) and then Postfix's `smtp-sink`. Whatever Outpost accepts, the
-//! destination must see exactly one message per `250`, every one from the real
-//! sender, and never the smuggled MAIL FROM.
+//! receiver) and then Postfix's `smtp-sink`. Outpost must refuse every carrier
+//! (`550 5.5.2` for a bare CR/LF, `550 5.6.0` for a NUL) and stay in step with the
+//! client; the destination must see exactly one message per `250` (the clean control
+//! messages), every one from the real sender, and never the smuggled MAIL FROM.
 
 mod common;
 #[path = "fakes/mod.rs"]
@@ -62,8 +63,8 @@ fn smuggling_wire(n: usize, variant: &[u8]) -> Vec<u8> {
     wire
 }
 
-/// Sends every variant (each followed by a clean control message) and returns how
-/// many messages Outpost acknowledged with 250.
+/// Sends every variant (each followed by a clean control message); every carrier
+/// must be refused. Returns how many messages Outpost acknowledged with 250.
 async fn send_all(server: &Server) -> usize {
     let mut client = server.connect(ListenerMode::Relay).await;
     client.ehlo().await;
@@ -73,11 +74,12 @@ async fn send_all(server: &Server) -> usize {
         client.expect("DATA", "354").await;
         client.send(smuggling_wire(n, variant)).await;
         let reply = client.reply().await;
-        match reply.code {
-            250 => accepted += 1,
-            550 => reply.assert("550 5.5.2"),
-            _ => panic!("{name}: unexpected reply {reply}"),
-        }
+        // Every variant holds a bare CR, a bare LF or a NUL: refused after its
+        // real end, so nothing of it is relayed.
+        assert!(
+            reply.is("550 5.5.2") || reply.is("550 5.6.0"),
+            "{name}: carrier not refused: {reply}"
+        );
         // The session is in sync: the smuggled commands were data, not commands.
         let control = message(CLIENT_SENDER, RCPT, &format!("control {n}\r\n"));
         client.deliver(CLIENT_SENDER, &[RCPT], &control).await;
@@ -113,9 +115,8 @@ async fn smuggling_variants_never_reach_the_permissive_sink_as_a_second_message(
         "a smuggled command reached the sink as a command: {commands:?}"
     );
     println!(
-        "{} variants; Outpost acknowledged {} carriers, the sink received {} messages",
+        "{} variants refused; the sink received {} control messages",
         VARIANTS.len(),
-        accepted - VARIANTS.len(),
         messages.len()
     );
 }
@@ -252,4 +253,24 @@ async fn smuggling_variants_never_reach_postfix_smtp_sink_as_a_second_message() 
         "Postfix smtp-sink stored {} transactions for {accepted} acknowledged",
         dumps.len()
     );
+}
+
+/// BDAT has no end-of-data marker, but its content is relayed later with DATA: the
+/// same bytes are refused there too.
+#[tokio::test]
+async fn bdat_carriers_are_refused_as_well() {
+    let server = Server::start_with(Options::trusted()).await;
+    let mut client = server.connect(ListenerMode::Relay).await;
+    client.ehlo().await;
+    for (name, variant) in VARIANTS {
+        client.begin(CLIENT_SENDER, &[RCPT]).await;
+        client.send_bdat(&smuggling_wire(0, variant), true).await;
+        let reply = client.reply().await;
+        assert!(
+            reply.is("550 5.5.2") || reply.is("550 5.6.0"),
+            "{name}: BDAT carrier not refused: {reply}"
+        );
+    }
+    client.quit().await;
+    server.assert_nothing_queued().await;
 }
