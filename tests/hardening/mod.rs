@@ -18,8 +18,7 @@ use tokio::time::Instant;
 /// `delivery` holds extra `[delivery]` lines (e.g. `retry = ["1s"]`).
 pub async fn delivering_server(to: SocketAddr, delivery: &str) -> Server {
     let dir = tempfile::tempdir().expect("temporary data directory");
-    let server = start_in(dir, to, delivery).await;
-    server
+    start_in(dir, to, delivery).await
 }
 
 pub async fn start_in(dir: tempfile::TempDir, to: SocketAddr, delivery: &str) -> Server {
