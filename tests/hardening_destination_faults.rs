@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const RCPT: &str = "rcpt@dest.example";
-const DELIVERY: &str = "retry = [\"1s\"]\ntimeout = \"2s\"";
+const DELIVERY: &str = "retry = [\"1s\"]\ntimeout = \"2s\"\nidle_timeout = \"300ms\"";
 /// A fault scenario must settle within this.
 const SETTLE: Duration = Duration::from_secs(20);
 /// File descriptors the process may gain over a scenario (SQLite files opened
