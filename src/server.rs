@@ -28,6 +28,7 @@ pub struct Running {
     pub listeners: Vec<(ListenerMode, SocketAddr)>,
     pub store: Arc<dyn Store>,
     pub certificate: CertificateSource,
+    connections: inbound::ConnectionLimiter,
     tasks: JoinSet<()>,
 }
 
@@ -38,6 +39,11 @@ impl Running {
             .iter()
             .find(|(m, _)| *m == mode)
             .map(|(_, a)| *a)
+    }
+
+    /// Inbound connections holding a slot right now (all listeners).
+    pub fn active_connections(&self) -> usize {
+        self.connections.active()
     }
 
     /// Waits until every listener task ends (they end only when aborted or on panic).
@@ -88,6 +94,7 @@ pub async fn start_with_store(
         tokio_rustls::TlsAcceptor::from(tls_config),
         queue,
     ));
+    let connections = ctx.connections.clone();
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
     for b in bound {
@@ -99,6 +106,7 @@ pub async fn start_with_store(
         listeners,
         store,
         certificate,
+        connections,
         tasks,
     })
 }

@@ -35,11 +35,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             return Ok(Next::Continue);
         }
         let ip = self.conn.peer.ip();
-        if self.ctx.throttle.is_locked(ip) {
+        let Some(attempt) = self.ctx.throttle.begin(ip) else {
             tracing::warn!(%ip, "AUTH refused: address locked out after repeated failures");
             self.io.reply(&Reply::auth_locked_out());
             return Ok(Next::Close);
-        }
+        };
         let exchange = match mechanism {
             AUTH_PLAIN => self.exchange_plain(initial).await?,
             AUTH_LOGIN => self.exchange_login(initial).await?,
@@ -61,13 +61,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         };
         match self.verify(&credentials).await {
             Some(user) => {
-                self.ctx.throttle.record_success(ip);
+                attempt.succeeded();
                 tracing::info!(peer = %self.conn.peer, user = %user.name, "authenticated");
                 self.user = Some(user);
                 self.io.reply(&Reply::auth_ok());
             }
             None => {
-                let delay = self.ctx.throttle.record_failure(ip);
+                let delay = attempt.failed();
                 tracing::warn!(peer = %self.conn.peer, user = %credentials.username, "AUTH failed");
                 tokio::time::sleep(delay).await;
                 self.io.reply(&Reply::auth_failed());

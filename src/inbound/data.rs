@@ -34,6 +34,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             Reply::bare_line_ending()
         } else if receiver.too_big() {
             Reply::message_too_big()
+        } else if content.contains(&0) {
+            // Relayed as is, `<CRLF>NUL.<CRLF>` ends the data early at a receiver
+            // that drops NULs: the smuggling class again, on the outbound side.
+            tracing::warn!(peer = %self.conn.peer, "message with NUL rejected");
+            Reply::nul_in_data()
         } else {
             self.accept(transaction, content).await
         };
@@ -79,6 +84,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         } else if let Some(violation) = find_bare_line_ending(&content) {
             tracing::warn!(peer = %self.conn.peer, ?violation, "BDAT message with bare CR/LF rejected");
             Reply::bare_line_ending()
+        } else if content.contains(&0) {
+            tracing::warn!(peer = %self.conn.peer, "BDAT message with NUL rejected");
+            Reply::nul_in_data()
         } else {
             self.accept(transaction, content).await
         };

@@ -181,6 +181,15 @@ impl Reply {
             "Bare CR or LF in message data is not allowed; use CRLF",
         )
     }
+    /// RFC 5321 §4.1.4 / RFC 6152 §3: NUL is not allowed in text, even 8BITMIME
+    /// (only BINARYMIME, not offered, allows it).
+    pub fn nul_in_data() -> Reply {
+        Reply::new(
+            550,
+            "5.6.0",
+            "NUL in message data is not allowed (BINARYMIME is not offered)",
+        )
+    }
     pub fn no_valid_recipients() -> Reply {
         Reply::new(554, "5.5.1", "No valid recipients")
     }

@@ -128,6 +128,8 @@ enum AfterData {
     Reply,
     Stall,
     Disconnect,
+    /// Closes in the middle of the data (see [`SinkBuilder::reset_during_data`]).
+    ResetDuringData,
 }
 
 /// Configuration of an [`SmtpSink`]; every setting has a default that makes a
@@ -140,6 +142,7 @@ pub struct SinkBuilder {
     tls: Tls,
     delay: Duration,
     after_data: AfterData,
+    fault_limit: Option<usize>,
     pipelining: bool,
     eightbitmime: bool,
     smtputf8: bool,
@@ -162,6 +165,7 @@ impl Default for SinkBuilder {
             tls: Tls::None,
             delay: Duration::ZERO,
             after_data: AfterData::Reply,
+            fault_limit: None,
             pipelining: true,
             eightbitmime: true,
             smtputf8: true,
@@ -224,6 +228,23 @@ impl SinkBuilder {
     /// in [`SmtpSink::attempts`] with reply `""`).
     pub fn disconnect_after_data(mut self) -> Self {
         self.after_data = AfterData::Disconnect;
+        self
+    }
+
+    /// Closes the connection in the middle of the message data: after the `354`
+    /// it reads one data line and closes with the rest unread, so the client
+    /// sees a reset while it is still writing. Nothing is recorded as received.
+    pub fn reset_during_data(mut self) -> Self {
+        self.after_data = AfterData::ResetDuringData;
+        self
+    }
+
+    /// Applies [`Self::stall_after_data`], [`Self::disconnect_after_data`] or
+    /// [`Self::reset_during_data`] to the first `n` transactions only
+    /// (sink-wide); later ones get the normal data reply. Models a destination
+    /// that recovers.
+    pub fn faults_only_first(mut self, n: usize) -> Self {
+        self.fault_limit = Some(n);
         self
     }
 
@@ -335,6 +356,7 @@ impl SinkBuilder {
             acceptor,
             delay: self.delay,
             after_data: self.after_data,
+            fault_limit: self.fault_limit,
             pipelining: self.pipelining,
             eightbitmime: self.eightbitmime,
             smtputf8: self.smtputf8,
@@ -517,6 +539,7 @@ struct Config {
     acceptor: Option<TlsAcceptor>,
     delay: Duration,
     after_data: AfterData,
+    fault_limit: Option<usize>,
     pipelining: bool,
     eightbitmime: bool,
     smtputf8: bool,
@@ -546,9 +569,25 @@ struct State {
     rcpt_rules: Vec<RcptRule>,
     mail_replies: VecDeque<String>,
     data_replies: VecDeque<String>,
+    /// Faults (stall, disconnect, reset) played so far.
+    faults: usize,
 }
 
 impl Shared {
+    /// Whether the configured data fault applies to this transaction; counts it.
+    fn take_fault(&self, config: &Config) -> bool {
+        if config.after_data == AfterData::Reply {
+            return false;
+        }
+        self.update(|s| {
+            let applies = config.fault_limit.is_none_or(|n| s.faults < n);
+            if applies {
+                s.faults += 1;
+            }
+            applies
+        })
+    }
+
     fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let out = f(&mut self.state.lock().expect("sink state lock"));
         self.notify.notify_waiters();

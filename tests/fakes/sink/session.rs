@@ -199,10 +199,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     if reply(io, config, "354 Go ahead").await.is_err() {
                         return Flow::Close;
                     }
+                    let fault = shared.take_fault(config);
+                    if fault && config.after_data == AfterData::ResetDuringData {
+                        // Close with the rest of the data unread: the peer gets a reset.
+                        let _ = read_line(io).await;
+                        return Flow::Close;
+                    }
                     let Some(data) = read_data(io).await else {
                         return Flow::Close;
                     };
-                    match end_of_data(session, config, shared, data) {
+                    match end_of_data(session, config, shared, data, fault) {
                         Some(answer) => answer,
                         None => {
                             if config.after_data == AfterData::Stall {
@@ -472,16 +478,18 @@ fn end_of_data(
     config: &Config,
     shared: &Shared,
     data: Vec<u8>,
+    fault: bool,
 ) -> Option<String> {
     let txn = session.txn.take()?;
     shared.update(|s| {
         let answer = match config.after_data {
-            AfterData::Reply => Some(
+            _ if !fault => Some(
                 s.data_replies
                     .pop_front()
                     .unwrap_or_else(|| config.data_default.clone()),
             ),
-            AfterData::Stall | AfterData::Disconnect => None,
+            AfterData::Reply | AfterData::Stall | AfterData::Disconnect => None,
+            AfterData::ResetDuringData => unreachable!("handled before the data is read"),
         };
         let received = Received {
             connection: session.connection,
