@@ -47,7 +47,7 @@ pub fn server_config(
         _ => {
             let dir = data_dir.join("tls");
             let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-            if c.exists() && k.exists() {
+            if k.exists() && !renewal_due(&c) {
                 (c.clone(), k, CertificateSource::SelfSignedExisting(c))
             } else {
                 generate_self_signed(&dir, &c, &k, hostname)?;
@@ -77,20 +77,44 @@ pub fn server_config(
     Ok((Arc::new(config), source))
 }
 
+/// Validity of a generated certificate: a year and a month, the most browsers
+/// accept (CA/B Forum 398-day limit); it is replaced a month before it ends.
+const SELF_SIGNED_DAYS: i64 = 397;
+const RENEW_AFTER_DAYS: u64 = 365;
+
+/// True when the generated certificate is missing or old enough to replace.
+fn renewal_due(cert: &Path) -> bool {
+    std::fs::metadata(cert)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|written| written.elapsed().ok())
+        .is_none_or(|age| age.as_secs() > RENEW_AFTER_DAYS * 86_400)
+}
+
 fn generate_self_signed(
     dir: &Path,
     cert: &Path,
     key: &Path,
     hostname: &str,
 ) -> Result<(), TlsError> {
-    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generate_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params =
+        rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(generate_err)?;
+    let date = |t: chrono::DateTime<chrono::Utc>| {
+        use chrono::Datelike;
+        rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8)
+    };
+    let now = chrono::Utc::now();
+    params.not_before = date(now - chrono::Duration::days(1));
+    params.not_after = date(now + chrono::Duration::days(SELF_SIGNED_DAYS));
+    let key_pair = rcgen::KeyPair::generate().map_err(generate_err)?;
+    let certificate = params.self_signed(&key_pair).map_err(generate_err)?;
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
-    write_private(key, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(cert, generated.cert.pem()).map_err(|source| TlsError::Write {
+    write_private(key, key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert, certificate.pem()).map_err(|source| TlsError::Write {
         path: cert.to_path_buf(),
         source,
     })
