@@ -21,6 +21,7 @@ mod worker;
 
 use crate::config::Config;
 use crate::dns::Resolver;
+use crate::metrics::Metrics;
 use crate::outbound::TlsClient;
 use crate::store::{DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, Store};
 use domains::Domains;
@@ -87,6 +88,7 @@ pub(crate) struct Engine {
     pub store: Arc<dyn Store>,
     pub resolver: Arc<dyn Resolver>,
     pub tls: TlsClient,
+    pub metrics: Arc<Metrics>,
     window: Arc<Semaphore>,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub domains: Domains,
@@ -114,6 +116,11 @@ impl QueueHandle {
             engine: self.engine.clone(),
             permit,
         })
+    }
+
+    /// Messages in the in-memory window now (a queue-depth gauge).
+    pub fn in_memory(&self) -> usize {
+        self.engine.config.delivery.max_messages_in_memory - self.engine.window.available_permits()
     }
 
     /// Wakes the scanner (after `queue retry`, for instance).
@@ -160,6 +167,7 @@ pub fn start(
     config: Arc<Config>,
     store: Arc<dyn Store>,
     resolver: Arc<dyn Resolver>,
+    metrics: Arc<Metrics>,
 ) -> QueueHandle {
     let window = Arc::new(Semaphore::new(config.delivery.max_messages_in_memory));
     let engine = Arc::new(Engine {
@@ -167,6 +175,7 @@ pub fn start(
         store,
         resolver,
         tls: TlsClient::new(),
+        metrics,
         window,
         held: Arc::new(Mutex::new(HashMap::new())),
         domains: Domains::default(),

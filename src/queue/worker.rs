@@ -160,6 +160,9 @@ impl Engine {
                     (RecipientStatus::Deferred, next, reply.to_string())
                 };
                 tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
+                let latency = (status == RecipientStatus::Delivered)
+                    .then(|| Duration::from_millis(now.saturating_sub(job.message.received_at).max(0) as u64));
+                self.metrics.delivery(status.as_str(), &job.domain, latency);
                 RecipientUpdate {
                     idx: recipient.idx,
                     status,
