@@ -179,7 +179,7 @@ fn check_header(name: &str, value: &str) -> Result<(), ComposeError> {
 }
 
 /// CRLF line endings whatever the client sent (`\n` or `\r\n`).
-fn crlf(text: &str) -> String {
+pub(super) fn crlf(text: &str) -> String {
     text.replace("\r\n", "\n").replace('\n', "\r\n")
 }
 

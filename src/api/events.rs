@@ -5,10 +5,9 @@
 //! and at most [`MAX_SCAN`] are read per request); only an empty page with
 //! `next == after` means the end of the log for now.
 
-use super::{ApiContext, ApiError, Caller, Ctx};
+use super::{ApiContext, ApiError, Caller, Ctx, QueryParams};
 use crate::bounce::status_of;
 use crate::store::{Event, Store};
-use axum::extract::Query;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -124,12 +123,8 @@ pub async fn scan_events(
 pub(super) async fn events(
     ctx: Ctx,
     caller: Caller,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: e.body_text(),
-    })?;
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_LIMIT).contains(&limit) {

@@ -10,7 +10,7 @@
 //! one message per recipient, each with its own `List-Unsubscribe` link.
 //! `POST /v1/messages/raw` sends the message as given, without those fields.
 
-use super::compose::{Compose, SendRequest, parse_address};
+use super::compose::{Compose, SendRequest, crlf, parse_address};
 use super::unsubscribe::Unsubscription;
 use super::{ApiContext, ApiError, Caller, Ctx, JsonBody};
 use crate::accept::{AcceptError, Origin, Submission, message_id};
@@ -286,11 +286,7 @@ pub(super) async fn send_raw(
         .map(|(i, r)| parse_address(&format!("rcpt_to[{i}]"), r))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let content = request
-        .message
-        .replace("\r\n", "\n")
-        .replace('\n', "\r\n")
-        .into_bytes();
+    let content = crlf(&request.message).into_bytes();
     if find_bare_line_ending(&content).is_some() {
         return Err(ApiError::invalid("message", "the message has a bare CR"));
     }

@@ -188,6 +188,23 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json
     }
 }
 
+/// A query string, parsed with errors answered as JSON `400`s.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest {
+                field: None,
+                message: e.body_text(),
+            })
+    }
+}
+
 /// The authenticated caller of a `/v1` route.
 pub struct Caller(pub AuthenticatedUser);
 

@@ -7,10 +7,9 @@
 //! window with more says `truncated`.
 
 use super::events::scan_events;
-use super::{ApiContext, ApiError, Caller, Ctx};
+use super::{ApiContext, ApiError, Caller, Ctx, QueryParams};
 use crate::config::Duration;
 use crate::store::Store;
-use axum::extract::Query;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -79,12 +78,8 @@ async fn cursor_at(store: &dyn Store, since: i64) -> Result<i64, ApiError> {
 pub(super) async fn stats(
     ctx: Ctx,
     caller: Caller,
-    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<StatsQuery>,
 ) -> Result<Json<Stats>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: e.body_text(),
-    })?;
     let spec = q.windows.unwrap_or_else(|| "1h,24h,7d".into());
     let windows = spec
         .split(',')

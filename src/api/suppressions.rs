@@ -2,10 +2,9 @@
 //! (SPEC §5.4). A user sees and edits the lists of its own domains; an admin, all.
 
 use super::compose::parse_address;
-use super::{ApiContext, ApiError, Caller, Ctx, JsonBody};
+use super::{ApiContext, ApiError, Caller, Ctx, JsonBody, QueryParams};
 use crate::smtp::Domain;
 use crate::store::Suppression;
-use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -79,13 +78,6 @@ pub struct RemoveQuery {
     pub address: String,
 }
 
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q).map_err(|e| ApiError::BadRequest {
-        field: None,
-        message: e.body_text(),
-    })
-}
-
 /// The lower-cased domain, if the caller may manage its list.
 fn managed_domain(caller: &Caller, domain: &str) -> Result<String, ApiError> {
     let domain = Domain::parse(domain)
@@ -108,9 +100,8 @@ fn managed_domain(caller: &Caller, domain: &str) -> Result<String, ApiError> {
 pub(super) async fn list(
     ctx: Ctx,
     caller: Caller,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<SuppressionPage>, ApiError> {
-    let q = query(q)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
@@ -220,9 +211,8 @@ pub(super) async fn add(
 pub(super) async fn remove(
     ctx: Ctx,
     caller: Caller,
-    q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let q = query(q)?;
     let domain = managed_domain(&caller, &q.domain)?;
     if ctx.store.remove_suppression(&domain, &q.address).await? {
         Ok(StatusCode::NO_CONTENT)
