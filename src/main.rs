@@ -62,8 +62,6 @@ struct SendArgs {
     /// Read the password from standard input (else $OUTPOST_PASSWORD).
     #[arg(long)]
     password_stdin: bool,
-    #[arg(long, env = "OUTPOST_PASSWORD", hide_env_values = true, hide = true)]
-    password: Option<String>,
     /// Recipients per request.
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
@@ -334,7 +332,7 @@ async fn send(config: &Config, args: SendArgs) -> Result<()> {
             .context("cannot read the password from standard input")?;
         text.trim_end_matches(['\r', '\n']).to_string()
     } else {
-        args.password
+        std::env::var("OUTPOST_PASSWORD")
             .context("give --password-stdin or set OUTPOST_PASSWORD")?
     };
     let url = args.api.unwrap_or_else(|| {

@@ -55,6 +55,8 @@ data_dir = "{dir}"
 [[listeners]]
 addr = "127.0.0.1:0"
 mode = "submission"
+[auth]
+max_failures = 3
 [limits]
 max_recipients = {max_recipients}
 max_message_size = {MAX_MESSAGE_SIZE}
@@ -569,6 +571,13 @@ async fn tenants_see_only_their_own() {
         .call(reqwest::Method::DELETE, remove, Some(ALICE), None)
         .await;
     assert_eq!(status, 404);
+
+    // Repeated failures from one address lock it out, even with the right password.
+    for _ in 0..3 {
+        assert_eq!(server.get(&path, ("alice", "guess")).await.0, 401);
+    }
+    let (status, err) = server.get(&path, ALICE).await;
+    assert_eq!(status, 429, "{err}");
 }
 
 #[tokio::test]

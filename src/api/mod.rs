@@ -1,7 +1,8 @@
 //! The HTTP API (SPEC §6): axum routes, one file per resource, JSON in and out.
 //!
 //! Every `/v1` route needs HTTP Basic credentials of an SMTP user (argon2 is
-//! verified off the async threads). Tenants are isolated: a user sees only its own
+//! verified off the async threads; failures are throttled per client IP with the
+//! `[auth]` limits, as for SMTP AUTH). Tenants are isolated: a user sees only its own
 //! messages and events and the suppressions of its own domains; a user created
 //! with `--admin` sees everything. Another tenant's resource answers `404`, as if
 //! it did not exist.
@@ -26,7 +27,7 @@ pub use compose::{Compose, ComposeError, Personalized, Recipient, SendRequest};
 pub use events::EventView;
 
 use crate::accept::Acceptor;
-use crate::auth::{AuthenticatedUser, password};
+use crate::auth::{AuthThrottle, AuthenticatedUser, password};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -48,6 +49,8 @@ pub struct ApiContext {
     pub acceptor: Acceptor,
     pub metrics: Arc<Metrics>,
     pub unsubscribe: UnsubscribeKey,
+    /// Failed logins per client IP, with the limits of `[auth]` (as for SMTP AUTH).
+    throttle: AuthThrottle,
     /// Verified when a user does not exist, so the time taken does not reveal names.
     dummy_password_hash: String,
 }
@@ -55,6 +58,10 @@ pub struct ApiContext {
 impl ApiContext {
     pub fn new(acceptor: Acceptor, unsubscribe: UnsubscribeKey) -> ApiContext {
         ApiContext {
+            throttle: AuthThrottle::new(
+                acceptor.config.auth.max_failures,
+                acceptor.config.auth.lockout.get(),
+            ),
             config: acceptor.config.clone(),
             store: acceptor.store.clone(),
             metrics: acceptor.metrics.clone(),
@@ -81,6 +88,9 @@ pub enum ApiError {
     Invalid { field: String, message: String },
     #[error("authentication required")]
     Unauthorized,
+    /// Too many failed logins from this address (`[auth] max_failures`).
+    #[error("too many failed logins from your address; try again later")]
+    LockedOut,
     /// The user may not act on this (a sender domain not granted to it).
     #[error("{message}")]
     Forbidden { field: String, message: String },
@@ -109,6 +119,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::LockedOut => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -222,6 +233,13 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
         parts: &mut Parts,
         ctx: &Arc<ApiContext>,
     ) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if ip.is_some_and(|ip| ctx.throttle.is_locked(ip)) {
+            return Err(ApiError::LockedOut);
+        }
         let (name, password) = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -235,10 +253,18 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
         let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
             .await
             .unwrap_or(false);
-        match record.filter(|_| matches) {
-            Some(user) => Ok(Caller(user.into())),
-            None => {
-                tracing::warn!(user = %name, "HTTP API: authentication failed");
+        match (record.filter(|_| matches), ip) {
+            (Some(user), ip) => {
+                if let Some(ip) = ip {
+                    ctx.throttle.record_success(ip);
+                }
+                Ok(Caller(user.into()))
+            }
+            (None, ip) => {
+                tracing::warn!(user = %name, ?ip, "HTTP API: authentication failed");
+                if let Some(ip) = ip {
+                    tokio::time::sleep(ctx.throttle.record_failure(ip)).await;
+                }
                 Err(ApiError::Unauthorized)
             }
         }
