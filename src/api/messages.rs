@@ -66,8 +66,7 @@ pub struct RecipientView {
     pub last_reply: Option<String>,
     /// Enhanced status code derived from the last reply (`5.1.1`).
     pub enhanced_code: Option<String>,
-    /// Bounce class of the last failure. Always null for now: the store records
-    /// classes in the event log only (`GET /v1/events`).
+    /// Bounce class of the last failed attempt, when it was classified.
     pub bounce_class: Option<String>,
 }
 
@@ -351,8 +350,7 @@ pub(super) async fn status(
         .into_iter()
         .map(|r| RecipientView {
             enhanced_code: r.last_reply.as_deref().map(status_of),
-            // The store keeps the class in the event log only (see /v1/events).
-            bounce_class: None,
+            bounce_class: r.last_class,
             next_attempt: (!r.status.is_final()).then_some(r.next_attempt),
             address: r.address,
             status: r.status.as_str().to_string(),
