@@ -898,3 +898,43 @@ async fn outpost_send_bulk_sends_a_1000_row_csv() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
 }
+
+#[tokio::test]
+async fn a_bounce_shows_in_status_and_events() {
+    let sink = SmtpSink::builder()
+        .rcpt_reply("nobody", "550 5.1.1 User unknown")
+        .start()
+        .await;
+    let server = Server::start(Options {
+        sink: Some(&sink),
+        ..Options::default()
+    })
+    .await;
+    let ids = server
+        .send(
+            ALICE,
+            json!({"from": "a@alice.example", "to": ["nobody@seven.example"], "subject": "s", "text": "t"}),
+        )
+        .await;
+    let view = server
+        .wait_status(ALICE, &ids[0], |v| {
+            v["recipients"][0]["status"] == "bounced"
+        })
+        .await;
+    let rcpt = &view["recipients"][0];
+    assert_eq!(rcpt["enhanced_code"], "5.1.1", "{view}");
+    assert!(
+        rcpt["last_reply"]
+            .as_str()
+            .unwrap()
+            .contains("User unknown")
+    );
+    assert_eq!(rcpt["next_attempt"], Value::Null);
+    let events = server.all_events(ALICE, 10).await;
+    let bounced = events
+        .iter()
+        .find(|e| e["event"] == "bounced")
+        .expect("a bounced event");
+    assert_eq!(bounced["message_id"], ids[0].as_str());
+    assert_eq!(bounced["enhanced_code"], "5.1.1");
+}
