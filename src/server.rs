@@ -74,7 +74,8 @@ pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
     start_with_store(config, store, queue, metrics).await
 }
 
-/// Starts the listeners on `store`, handing accepted mail to `queue` if given.
+/// Starts the SMTP listeners, the HTTP API and the webhook tasks on `store`, handing
+/// accepted mail to `queue` if given; `metrics` is shared with the queue.
 pub async fn start_with_store(
     config: Arc<Config>,
     store: Arc<dyn Store>,

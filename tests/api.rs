@@ -394,9 +394,21 @@ async fn one_click_unsubscribe_suppresses_and_forged_tokens_do_nothing() {
         "/u/nonsense".to_string(),
     ];
     for path in &forged {
-        let (status, _) = server.call(reqwest::Method::POST, path, None, None).await;
-        assert_eq!(status, 404, "{path}");
+        for method in [reqwest::Method::POST, reqwest::Method::GET] {
+            let (status, _) = server.call(method, path, None, None).await;
+            assert_eq!(status, 404, "{path}");
+        }
     }
+    let (_, list) = server.get("/v1/suppressions", ALICE).await;
+    assert_eq!(list["suppressions"].as_array().unwrap().len(), 0, "{list}");
+
+    // Opening the link (GET) shows a form and changes nothing.
+    let (status, page) = server.call(reqwest::Method::GET, &path, None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.as_str().unwrap().contains("<form method=\"post\">"),
+        "{page}"
+    );
     let (_, list) = server.get("/v1/suppressions", ALICE).await;
     assert_eq!(list["suppressions"].as_array().unwrap().len(), 0, "{list}");
 

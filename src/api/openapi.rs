@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         messages::send, messages::send_raw, messages::status,
         events::events, suppressions::list, suppressions::add, suppressions::remove,
-        stats::stats, unsubscribe::unsubscribe, health::healthz, health::metrics,
+        stats::stats, unsubscribe::confirm, unsubscribe::unsubscribe, health::healthz, health::metrics,
     ),
     components(schemas(super::compose::Personalized)),
     modifiers(&BasicAuth),

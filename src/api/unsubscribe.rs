@@ -15,7 +15,8 @@ use crate::store::{Event, EventKind, StoreError, Suppression};
 use axum::Router;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::response::Html;
+use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -143,7 +144,33 @@ fn write_private(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 pub(super) fn routes() -> Router<Arc<ApiContext>> {
-    Router::new().route("/u/{token}", post(unsubscribe))
+    Router::new().route("/u/{token}", get(confirm).post(unsubscribe))
+}
+
+/// A link opened in a browser shows a button that POSTs; the GET itself changes
+/// nothing, so link scanners and prefetchers cannot unsubscribe anyone (RFC 8058 §4).
+#[utoipa::path(get, path = "/u/{token}", tag = "unsubscribe",
+    params(("token" = String, Path, description = "Token from the List-Unsubscribe link")),
+    responses(
+        (status = 200, description = "A page with an unsubscribe button", content_type = "text/html"),
+        (status = 404, description = "Unknown or altered token", body = super::ErrorBody),
+    ))]
+pub(super) async fn confirm(ctx: Ctx, Path(token): Path<String>) -> Result<Html<String>, ApiError> {
+    let u = ctx.unsubscribe.verify(&token).ok_or(ApiError::NotFound)?;
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    Ok(Html(format!(
+        "<!doctype html><meta charset=\"utf-8\"><title>Unsubscribe</title>\n\
+         <p>Stop mail from {domain} to {address}?</p>\n\
+         <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+         <button type=\"submit\">Unsubscribe</button></form>\n",
+        domain = escape(&u.domain),
+        address = escape(&u.address),
+    )))
 }
 
 /// One-click unsubscribe: suppresses the address for the sending domain at once.
