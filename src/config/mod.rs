@@ -303,7 +303,10 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// Address of the HTTP API (docs/api.md). Default `127.0.0.1:8025`.
     pub addr: SocketAddr,
+    /// Base URL of one-click unsubscribe links, as recipients reach this server
+    /// (through a TLS proxy). Default `https://<hostname>`.
     pub public_url: Option<String>,
 }
 
@@ -319,7 +322,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// Where batches of events are POSTed.
     pub url: String,
+    /// Key of the `X-Outpost-Signature: sha256=<hex HMAC-SHA256(secret, body)>` header.
     pub secret: String,
 }
 
