@@ -420,6 +420,20 @@ impl Config {
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());
         }
+        let is_http_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(url) = &self.http.public_url
+            && !is_http_url(url)
+        {
+            return invalid(format!("http.public_url {url:?} must be an http(s):// URL"));
+        }
+        for hook in &self.webhooks {
+            if !is_http_url(&hook.url) || hook.secret.is_empty() {
+                return invalid(format!(
+                    "webhooks: url {:?} must be an http(s):// URL and secret must not be empty",
+                    hook.url
+                ));
+            }
+        }
         for route in &self.routes {
             if route
                 .to
@@ -475,6 +489,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_and_public_url_are_checked() {
+        let ok = "[http]\npublic_url = \"https://r.example\"\n[[webhooks]]\nurl = \"https://h.example/x\"\nsecret = \"s\"\n";
+        assert_eq!(Config::from_toml(ok).unwrap().webhooks.len(), 1);
+        for bad in [
+            "[http]\npublic_url = \"r.example\"\n",
+            "[[webhooks]]\nurl = \"ftp://h.example\"\nsecret = \"s\"\n",
+            "[[webhooks]]\nurl = \"https://h.example\"\nsecret = \"\"\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
