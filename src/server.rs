@@ -35,7 +35,6 @@ pub struct Running {
     /// The bound address of the HTTP API (port 0 resolved).
     pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
     pub certificate: CertificateSource,
     tasks: JoinSet<()>,
 }
@@ -141,7 +140,6 @@ pub async fn start_with_store(
         listeners,
         http_addr,
         store,
-        metrics,
         certificate,
         tasks,
     })

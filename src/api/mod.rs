@@ -23,7 +23,7 @@ mod stats;
 mod suppressions;
 pub mod unsubscribe;
 
-pub use compose::{Compose, ComposeError, Personalized, Recipient, SendRequest};
+pub use compose::{Compose, Personalized, Recipient, SendRequest};
 pub use events::EventView;
 
 use crate::accept::Acceptor;
