@@ -16,6 +16,7 @@ use crate::message;
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
 use crate::store::{NewMessage, NewRecipient, QueueId, Store, StoreError};
+use crate::unsubscribe::{MAILTO_PREFIX, UnsubscribeKey};
 use std::sync::Arc;
 
 /// Why a message was not accepted.
@@ -63,6 +64,8 @@ pub struct Acceptor {
     /// in-memory window has room; otherwise its store scan finds them.
     pub queue: Option<QueueHandle>,
     pub metrics: Arc<Metrics>,
+    /// Verifies `unsubscribe+TOKEN@<local domain>` recipients (RFC 2369 mailto).
+    pub unsubscribe: Arc<UnsubscribeKey>,
 }
 
 /// The `Message-ID:` Outpost gives a message: the queue id, a random part and the
@@ -133,7 +136,34 @@ impl Acceptor {
         if let Some(reservation) = reservation {
             reservation.submit(&message);
         }
+        self.mailto_unsubscribes(&message.recipients).await;
         Ok(id)
+    }
+
+    /// Mail to `unsubscribe+TOKEN@<local domain>` (the `List-Unsubscribe` mailto)
+    /// unsubscribes when the token verifies; the message itself is kept as local
+    /// mail either way.
+    async fn mailto_unsubscribes(&self, recipients: &[NewRecipient]) {
+        for r in recipients.iter().filter(|r| r.local) {
+            let local_part = r.address.rsplit_once('@').map_or("", |(l, _)| l);
+            let Some(token) = local_part
+                .get(..MAILTO_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(MAILTO_PREFIX))
+                .map(|_| &local_part[MAILTO_PREFIX.len()..])
+            else {
+                continue;
+            };
+            match self.unsubscribe.verify(token) {
+                Some(u) => {
+                    if let Err(e) = crate::unsubscribe::apply(self.store.as_ref(), &u).await {
+                        tracing::error!(error = %e, "cannot record a mailto unsubscribe");
+                    }
+                }
+                None => {
+                    tracing::warn!(rcpt = %r.address, "mailto unsubscribe with an invalid token ignored")
+                }
+            }
+        }
     }
 
     /// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted

@@ -16,4 +16,5 @@ pub mod server;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+pub mod unsubscribe;
 pub mod webhooks;

@@ -3,7 +3,7 @@
 //! cannot be bound stops start-up), then serve and start the webhook tasks.
 
 use crate::accept::Acceptor;
-use crate::api::{self, ApiContext, unsubscribe::UnsubscribeKey};
+use crate::api::{self, ApiContext};
 use crate::config::{Config, ListenerMode};
 use crate::dns::HickoryResolver;
 use crate::inbound::{self, InboundContext};
@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::queue::{self, QueueHandle};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{self, CertificateSource, TlsError};
+use crate::unsubscribe::UnsubscribeKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -90,7 +91,7 @@ pub async fn start_with_store(
     if let CertificateSource::SelfSignedGenerated(path) = &certificate {
         tracing::warn!(path = %path.display(), "no [tls] certificate configured: generated a self-signed certificate; configure tls.cert and tls.key for production");
     }
-    let unsubscribe = UnsubscribeKey::load_or_create(&config.data_dir)?;
+    let unsubscribe = Arc::new(UnsubscribeKey::load_or_create(&config.data_dir)?);
     let mut bound = Vec::new();
     for listener in &config.listeners {
         bound.push(inbound::bind(listener).await?);
@@ -110,7 +111,8 @@ pub async fn start_with_store(
         config: config.clone(),
         store: store.clone(),
         queue,
-        metrics: metrics.clone(),
+        metrics,
+        unsubscribe,
     };
     let ctx = Arc::new(InboundContext::new(
         config.clone(),
@@ -126,10 +128,7 @@ pub async fn start_with_store(
         tasks.spawn(inbound::serve_listener(ctx.clone(), b));
     }
     tracing::info!(http_addr = %http_addr, "HTTP API listening");
-    tasks.spawn(api::serve(
-        http,
-        Arc::new(ApiContext::new(acceptor, unsubscribe)),
-    ));
+    tasks.spawn(api::serve(http, Arc::new(ApiContext::new(acceptor))));
     crate::webhooks::start(
         &config.webhooks,
         &config.data_dir,

@@ -11,12 +11,12 @@
 //! `POST /v1/messages/raw` sends the message as given, without those fields.
 
 use super::compose::{Compose, SendRequest, crlf, parse_address};
-use super::unsubscribe::Unsubscription;
 use super::{ApiContext, ApiError, Caller, Ctx, JsonBody};
 use crate::accept::{AcceptError, Origin, Submission, message_id};
 use crate::bounce::status_of;
 use crate::smtp::{Mailbox, find_bare_line_ending};
 use crate::store::{NewRecipient, QueueId};
+use crate::unsubscribe::Unsubscription;
 use axum::extract::{ConnectInfo, Path};
 use axum::http::StatusCode;
 use axum::routing::{get, post};

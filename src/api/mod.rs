@@ -21,7 +21,7 @@ mod messages;
 mod openapi;
 mod stats;
 mod suppressions;
-pub mod unsubscribe;
+mod unsubscribe;
 
 pub use compose::{Compose, Personalized, Recipient, SendRequest};
 pub use events::EventView;
@@ -40,7 +40,6 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use unsubscribe::UnsubscribeKey;
 
 /// What every request handler shares.
 pub struct ApiContext {
@@ -48,7 +47,7 @@ pub struct ApiContext {
     pub store: Arc<dyn Store>,
     pub acceptor: Acceptor,
     pub metrics: Arc<Metrics>,
-    pub unsubscribe: UnsubscribeKey,
+    pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeKey>,
     /// Failed logins per client IP, with the limits of `[auth]` (as for SMTP AUTH).
     throttle: AuthThrottle,
     /// Verified when a user does not exist, so the time taken does not reveal names.
@@ -56,7 +55,7 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
-    pub fn new(acceptor: Acceptor, unsubscribe: UnsubscribeKey) -> ApiContext {
+    pub fn new(acceptor: Acceptor) -> ApiContext {
         ApiContext {
             throttle: AuthThrottle::new(
                 acceptor.config.auth.max_failures,
@@ -65,8 +64,8 @@ impl ApiContext {
             config: acceptor.config.clone(),
             store: acceptor.store.clone(),
             metrics: acceptor.metrics.clone(),
+            unsubscribe: acceptor.unsubscribe.clone(),
             acceptor,
-            unsubscribe,
             dummy_password_hash: password::hash(&password::generate()),
         }
     }
