@@ -89,8 +89,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition; `queue_in_memory` is the delivery window's occupancy.
-    pub fn render(&self, queue_in_memory: Option<usize>) -> String {
+    /// The text exposition, with the queue gauges read at scrape time:
+    /// `pending` recipients in the store and the delivery window's occupancy.
+    pub fn render(&self, pending: Option<usize>, queue_in_memory: Option<usize>) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -119,6 +120,11 @@ impl Metrics {
             "outpost_deliveries_total",
             "counter",
             "Recipient delivery outcomes, by result and destination domain.",
+        );
+        family(
+            "outpost_queue_recipients_pending",
+            "gauge",
+            "Recipients queued or deferred in the store (the queue depth).",
         );
         family(
             "outpost_queue_messages_in_memory",
@@ -156,6 +162,9 @@ impl Metrics {
                 "outpost_deliveries_total{{result=\"{result}\",domain=\"{}\"}} {n}",
                 escape_label(domain)
             );
+        }
+        if let Some(n) = pending {
+            let _ = writeln!(out, "outpost_queue_recipients_pending {n}");
         }
         if let Some(n) = queue_in_memory {
             let _ = writeln!(out, "outpost_queue_messages_in_memory {n}");
@@ -197,7 +206,7 @@ mod tests {
         m.message_outcome("smtp", false);
         m.delivery("delivered", "x.example", Some(Duration::from_secs(2)));
         m.delivery("bounced", "y.\"example", None);
-        let text = m.render(Some(3));
+        let text = m.render(Some(7), Some(3));
         for line in [
             "outpost_smtp_connections_total 2",
             "outpost_smtp_connections_open 1",
@@ -205,6 +214,7 @@ mod tests {
             "outpost_messages_rejected_total{source=\"smtp\"} 1",
             "outpost_deliveries_total{result=\"delivered\",domain=\"x.example\"} 1",
             "outpost_deliveries_total{result=\"bounced\",domain=\"y.\\\"example\"} 1",
+            "outpost_queue_recipients_pending 7",
             "outpost_queue_messages_in_memory 3",
             "outpost_delivery_latency_seconds_bucket{le=\"1\"} 0",
             "outpost_delivery_latency_seconds_bucket{le=\"5\"} 1",

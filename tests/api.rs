@@ -800,7 +800,8 @@ async fn bad_input_is_refused_with_the_field_named() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("outpost_messages_accepted_total{source=\"http\"} 0"),
+        metrics.contains("outpost_messages_accepted_total{source=\"http\"} 0")
+            && metrics.contains("outpost_queue_recipients_pending 0\n"),
         "{metrics}"
     );
 }
@@ -885,6 +886,19 @@ async fn outpost_send_bulk_sends_a_1000_row_csv() {
     assert!(stdout.contains("row 1002 <not an address>:"), "{stdout}");
     let queued = server.running.store.queued_messages(2000).await.unwrap();
     assert_eq!(queued.len(), 1000);
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "outpost_queue_recipients_pending 1000"),
+        "{metrics}"
+    );
     let m = queued
         .iter()
         .find(|m| m.recipients[0].address == "user777@list.example")

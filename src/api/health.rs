@@ -34,11 +34,18 @@ pub(super) async fn healthz(ctx: Ctx) -> Result<Json<Health>, ApiError> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub(super) async fn metrics(ctx: Ctx) -> impl IntoResponse {
     let in_memory = ctx.acceptor.queue.as_ref().map(|q| q.in_memory());
+    let pending = match ctx.store.pending_recipients().await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: cannot count pending recipients");
+            None
+        }
+    };
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        ctx.metrics.render(in_memory),
+        ctx.metrics.render(pending, in_memory),
     )
 }

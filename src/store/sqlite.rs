@@ -507,6 +507,18 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn pending_recipients(&self) -> StoreFuture<'_, usize> {
+        Box::pin(self.read(|conn| {
+            // Two range counts on the (status, next_attempt) index.
+            conn.prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM recipients WHERE status = 'queued')
+                      + (SELECT COUNT(*) FROM recipients WHERE status = 'deferred')",
+            )?
+            .query_row([], |row| row.get::<_, i64>(0))
+            .map(|n| n as usize)
+        }))
+    }
+
     fn message(&self, id: &QueueId) -> StoreFuture<'_, Option<MessageSummary>> {
         let id = id.to_string();
         Box::pin(self.read(move |conn| Ok(load_summaries(conn, "WHERE id = ?1", &id)?.pop())))
@@ -846,7 +858,9 @@ mod tests {
             *msg.content
         );
         assert_eq!(store.queued_messages(10).await.unwrap().len(), 1);
+        assert_eq!(store.pending_recipients().await.unwrap(), 2);
         assert!(store.delete_message(&id).await.unwrap());
+        assert_eq!(store.pending_recipients().await.unwrap(), 0);
         assert!(store.message(&id).await.unwrap().is_none());
     }
 
