@@ -31,7 +31,8 @@ const MAX_MESSAGE_SIZE: usize = 100_000;
 
 struct Server {
     running: Running,
-    _dir: TempDir,
+    dir: TempDir,
+    config: String,
     http: reqwest::Client,
 }
 
@@ -76,14 +77,14 @@ public_url = "https://relay.test"
             dir = dir.path().display(),
             max_recipients = options.max_recipients.unwrap_or(MAX_RECIPIENTS),
         );
-        let config = Config::from_toml(&text).expect("test configuration is valid");
-        let running = outpost::server::start(Arc::new(config)).await.unwrap();
+        let server = Server::boot(text, dir).await;
         for ((name, password), domain, admin) in [
             (ALICE, "alice.example", false),
             (BOB, "bob.example", false),
             (ROOT, "root.example", true),
         ] {
-            running
+            server
+                .running
                 .store
                 .add_user(UserRecord {
                     name: name.into(),
@@ -94,11 +95,30 @@ public_url = "https://relay.test"
                 .await
                 .unwrap();
         }
+        server
+    }
+
+    async fn boot(config: String, dir: TempDir) -> Server {
+        let parsed = Config::from_toml(&config).expect("test configuration is valid");
+        let running = outpost::server::start(Arc::new(parsed)).await.unwrap();
         Server {
             running,
-            _dir: dir,
+            dir,
+            config,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Stops the server and starts it again on the same data directory.
+    async fn restart(self) -> Server {
+        let Server {
+            running,
+            dir,
+            config,
+            ..
+        } = self;
+        drop(running);
+        Server::boot(config, dir).await
     }
 
     fn url(&self, path: &str) -> String {
