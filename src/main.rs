@@ -30,6 +30,44 @@ enum Command {
     /// Inspect and manage the queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Bulk send from a CSV file through the HTTP API, with a progress bar.
+    Send(SendArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("body").required(true).multiple(true).args(["text", "html"]))]
+struct SendArgs {
+    /// Sender address (`addr` or `Name <addr>`), in one of the user's domains.
+    #[arg(long)]
+    from: String,
+    /// Recipients: a CSV file whose header row names the template variables; one
+    /// column must be `email`.
+    #[arg(long)]
+    to_csv: PathBuf,
+    /// Subject (a template).
+    #[arg(long)]
+    subject: String,
+    /// File with the plain-text body (a template).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// File with the HTML body (a template; values are HTML-escaped).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Base URL of the HTTP API. Default: http://[http] addr of the configuration.
+    #[arg(long)]
+    api: Option<String>,
+    /// API user (the SMTP user name).
+    #[arg(long, env = "OUTPOST_USER")]
+    user: Option<String>,
+    /// Read the password from standard input (else $OUTPOST_PASSWORD).
+    #[arg(long)]
+    password_stdin: bool,
+    /// Recipients per request.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Print the first recipient's message and send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +136,7 @@ fn main() -> Result<()> {
             Command::Serve => serve(config).await,
             Command::User(cmd) => user(&config, cmd).await,
             Command::Queue(cmd) => queue(&config, cmd).await,
+            Command::Send(args) => send(&config, args).await,
         }
     })
 }
@@ -256,6 +295,69 @@ async fn queue(config: &Config, cmd: QueueCommand) -> Result<()> {
             }
             println!("message {id} deleted");
         }
+    }
+    Ok(())
+}
+
+async fn send(config: &Config, args: SendArgs) -> Result<()> {
+    let read = |path: &Option<PathBuf>| -> Result<Option<String>> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            })
+            .transpose()
+    };
+    let campaign = outpost::send::Campaign {
+        from: args.from,
+        subject: args.subject,
+        text: read(&args.text)?,
+        html: read(&args.html)?,
+        rows: outpost::send::read_csv(&args.to_csv)?,
+    };
+    if args.dry_run {
+        print!("{}", campaign.dry_run()?);
+        eprintln!(
+            "dry run: {} recipient(s) in the file; nothing sent",
+            campaign.rows.len()
+        );
+        return Ok(());
+    }
+    let Some(user) = args.user else {
+        bail!("give --user (or OUTPOST_USER)");
+    };
+    let password = if args.password_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the password from standard input")?;
+        text.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        std::env::var("OUTPOST_PASSWORD")
+            .context("give --password-stdin or set OUTPOST_PASSWORD")?
+    };
+    let url = args.api.unwrap_or_else(|| {
+        let addr = config.http.addr;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("http://{host}:{}", addr.port())
+    });
+    let api = outpost::send::Api {
+        url,
+        user,
+        password,
+        batch_size: args.batch_size,
+    };
+    let summary = campaign.send(&api).await?;
+    println!("accepted: {}", summary.accepted);
+    println!("rejected: {}", summary.rejected.len());
+    for (row, email, reason) in &summary.rejected {
+        println!("  row {row} <{email}>: {reason}");
+    }
+    if !summary.rejected.is_empty() {
+        bail!("{} recipient(s) rejected", summary.rejected.len());
     }
     Ok(())
 }

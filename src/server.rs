@@ -1,12 +1,17 @@
-//! Start-up: open the store, load or create the TLS certificate, bind every listener
-//! (all before serving, so a port that cannot be bound stops start-up), then serve.
+//! Start-up: open the store, load or create the TLS certificate and the unsubscribe
+//! key, bind every listener and the HTTP API (all before serving, so a port that
+//! cannot be bound stops start-up), then serve and start the webhook tasks.
 
+use crate::accept::Acceptor;
+use crate::api::{self, ApiContext};
 use crate::config::{Config, ListenerMode};
 use crate::dns::HickoryResolver;
 use crate::inbound::{self, InboundContext};
+use crate::metrics::Metrics;
 use crate::queue::{self, QueueHandle};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{self, CertificateSource, TlsError};
+use crate::unsubscribe::UnsubscribeKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -21,11 +26,15 @@ pub enum StartError {
     Bind(#[from] inbound::BindError),
     #[error("{0}")]
     Dns(String),
+    #[error("cannot listen on {addr} (HTTP API, [http] addr): {reason}")]
+    HttpBind { addr: SocketAddr, reason: String },
 }
 
 /// A running server. Dropping it stops the listeners.
 pub struct Running {
     pub listeners: Vec<(ListenerMode, SocketAddr)>,
+    /// The bound address of the HTTP API (port 0 resolved).
+    pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub certificate: CertificateSource,
     connections: inbound::ConnectionLimiter,
@@ -55,6 +64,7 @@ impl Running {
 /// Opens the store and starts delivery (unless `delivery.paused`) and every listener.
 pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir, config.store.max_batch)?;
+    let metrics = Arc::new(Metrics::default());
     let queue = if config.delivery.paused {
         tracing::warn!("delivery.paused is set: mail is accepted and stored, not delivered");
         None
@@ -64,16 +74,19 @@ pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
             config.clone(),
             store.clone(),
             Arc::new(resolver),
+            metrics.clone(),
         ))
     };
-    start_with_store(config, store, queue).await
+    start_with_store(config, store, queue, metrics).await
 }
 
-/// Starts the listeners on `store`, handing accepted mail to `queue` if given.
+/// Starts the SMTP listeners, the HTTP API and the webhook tasks on `store`, handing
+/// accepted mail to `queue` if given; `metrics` is shared with the queue.
 pub async fn start_with_store(
     config: Arc<Config>,
     store: Arc<dyn Store>,
     queue: Option<QueueHandle>,
+    metrics: Arc<Metrics>,
 ) -> Result<Running, StartError> {
     let (tls_config, certificate) = tls::server_config(
         config.tls.cert.as_deref(),
@@ -84,15 +97,34 @@ pub async fn start_with_store(
     if let CertificateSource::SelfSignedGenerated(path) = &certificate {
         tracing::warn!(path = %path.display(), "no [tls] certificate configured: generated a self-signed certificate; configure tls.cert and tls.key for production");
     }
+    let unsubscribe = Arc::new(UnsubscribeKey::load_or_create(&config.data_dir)?);
     let mut bound = Vec::new();
     for listener in &config.listeners {
         bound.push(inbound::bind(listener).await?);
     }
+    let http_addr = config.http.addr;
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| StartError::HttpBind {
+            addr: http_addr,
+            reason: e.to_string(),
+        })?;
+    let http_addr = http.local_addr().map_err(|e| StartError::HttpBind {
+        addr: http_addr,
+        reason: e.to_string(),
+    })?;
+    let acceptor = Acceptor {
+        config: config.clone(),
+        store: store.clone(),
+        queue,
+        metrics,
+        unsubscribe,
+    };
     let ctx = Arc::new(InboundContext::new(
         config.clone(),
         store.clone(),
         tokio_rustls::TlsAcceptor::from(tls_config),
-        queue,
+        acceptor.clone(),
     ));
     let connections = ctx.connections.clone();
     let mut tasks = JoinSet::new();
@@ -102,8 +134,17 @@ pub async fn start_with_store(
         listeners.push((b.mode, b.addr));
         tasks.spawn(inbound::serve_listener(ctx.clone(), b));
     }
+    tracing::info!(http_addr = %http_addr, "HTTP API listening");
+    tasks.spawn(api::serve(http, Arc::new(ApiContext::new(acceptor))));
+    crate::webhooks::start(
+        &config.webhooks,
+        &config.data_dir,
+        store.clone(),
+        &mut tasks,
+    );
     Ok(Running {
         listeners,
+        http_addr,
         store,
         certificate,
         connections,

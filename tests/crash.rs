@@ -50,7 +50,8 @@ fn write_config(dir: &Path) -> PathBuf {
          data_dir = \"{}\"\n\
          [[listeners]]\naddr = \"127.0.0.1:0\"\nmode = \"relay\"\n\
          [relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
-         [delivery]\npaused = true\n",
+         [delivery]\npaused = true\n\
+         [http]\naddr = \"127.0.0.1:0\"\n",
         dir.join("data").display()
     );
     std::fs::write(&config, text).unwrap();

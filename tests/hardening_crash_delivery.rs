@@ -203,6 +203,7 @@ async fn kill_9_under_load_with_delivery_loses_no_acknowledged_message() {
             "hostname = \"relay.test\"\ndata_dir = \"{}\"\n\
              [[listeners]]\naddr = \"127.0.0.1:0\"\nmode = \"relay\"\n\
              [relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+             [http]\naddr = \"127.0.0.1:0\"\n\
              [delivery]\ntls = \"none\"\nretry = [\"1s\"]\ntimeout = \"5s\"\n\
              [[routes]]\ndomain = \"*\"\nto = \"{}\"\ntls = \"none\"\n\
              [dns]\nnameservers = [\"127.0.0.1:9\"]\n",

@@ -149,6 +149,7 @@ mod tests {
             attempts: 1,
             next_attempt: 0,
             last_reply: Some(reply.into()),
+            last_class: None,
         };
         MessageSummary {
             id: "0123456789ABCDEF0123".parse::<QueueId>().unwrap(),

@@ -306,7 +306,10 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// Address of the HTTP API (docs/api.md). Default `127.0.0.1:8025`.
     pub addr: SocketAddr,
+    /// Base URL of one-click unsubscribe links, as recipients reach this server
+    /// (through a TLS proxy). Default `https://<hostname>`.
     pub public_url: Option<String>,
 }
 
@@ -322,7 +325,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// Where batches of events are POSTed.
     pub url: String,
+    /// Key of the `X-Outpost-Signature: sha256=<hex HMAC-SHA256(secret, body)>` header.
     pub secret: String,
 }
 
@@ -420,6 +425,20 @@ impl Config {
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());
         }
+        let is_http_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(url) = &self.http.public_url
+            && !is_http_url(url)
+        {
+            return invalid(format!("http.public_url {url:?} must be an http(s):// URL"));
+        }
+        for hook in &self.webhooks {
+            if !is_http_url(&hook.url) || hook.secret.is_empty() {
+                return invalid(format!(
+                    "webhooks: url {:?} must be an http(s):// URL and secret must not be empty",
+                    hook.url
+                ));
+            }
+        }
         for route in &self.routes {
             if route
                 .to
@@ -475,6 +494,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_and_public_url_are_checked() {
+        let ok = "[http]\npublic_url = \"https://r.example\"\n[[webhooks]]\nurl = \"https://h.example/x\"\nsecret = \"s\"\n";
+        assert_eq!(Config::from_toml(ok).unwrap().webhooks.len(), 1);
+        for bad in [
+            "[http]\npublic_url = \"r.example\"\n",
+            "[[webhooks]]\nurl = \"ftp://h.example\"\nsecret = \"s\"\n",
+            "[[webhooks]]\nurl = \"https://h.example\"\nsecret = \"\"\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

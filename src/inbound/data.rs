@@ -1,13 +1,13 @@
-//! DATA and BDAT: receiving the content, the checks at the end of data (line
-//! endings, size, the `From:` header), the trace and submission headers, and the
-//! durable hand-off to the store.
+//! DATA and BDAT: receiving the content and the checks at the end of data (line
+//! endings, size). The `From:` check, the added headers and the durable hand-off
+//! are the shared acceptance path's (`crate::accept`), which the HTTP API uses too.
 
 use super::io::IoEnd;
 use super::session::{Next, Session, Transaction};
+use crate::accept::{AcceptError, Origin, Submission};
 use crate::config::ListenerMode;
-use crate::message;
 use crate::smtp::{DataReceiver, Reply, find_bare_line_ending};
-use crate::store::{NewMessage, QueueId, StoreError};
+use crate::store::StoreError;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
@@ -34,11 +34,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             Reply::bare_line_ending()
         } else if receiver.too_big() {
             Reply::message_too_big()
-        } else if content.contains(&0) {
-            // Relayed as is, `<CRLF>NUL.<CRLF>` ends the data early at a receiver
-            // that drops NULs: the smuggling class again, on the outbound side.
-            tracing::warn!(peer = %self.conn.peer, "message with NUL rejected");
-            Reply::nul_in_data()
         } else {
             self.accept(transaction, content).await
         };
@@ -84,9 +79,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         } else if let Some(violation) = find_bare_line_ending(&content) {
             tracing::warn!(peer = %self.conn.peer, ?violation, "BDAT message with bare CR/LF rejected");
             Reply::bare_line_ending()
-        } else if content.contains(&0) {
-            tracing::warn!(peer = %self.conn.peer, "BDAT message with NUL rejected");
-            Reply::nul_in_data()
         } else {
             self.accept(transaction, content).await
         };
@@ -103,77 +95,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         }
     }
 
-    /// End-of-data checks, added headers, and the durable commit.
+    /// Hands the message to the shared acceptance path and turns the outcome into
+    /// the reply to the end of data.
     async fn accept(&mut self, transaction: Transaction, content: Vec<u8>) -> Reply {
-        if let Some(user) = &self.user {
-            // SPEC §2: the From: header, too, must be in the user's domains.
-            let authorized = message::from_domains(&content)
-                .is_some_and(|domains| domains.iter().all(|d| user.may_send_as(d)));
-            if !authorized {
-                tracing::warn!(user = %user.name, "From: header not authorized");
-                return Reply::sender_not_authorized();
-            }
-        }
-        let id = QueueId::generate();
-        let now = chrono::Utc::now();
-        let headers = self.added_headers(&id, &transaction, &content, &now);
-        let mut full = Vec::with_capacity(headers.len() + content.len());
-        full.extend_from_slice(headers.as_bytes());
-        full.extend_from_slice(&content);
-        let size = full.len();
-        let rcpts = transaction.recipients.len();
-        // With a place in delivery's window the message goes there directly, and
-        // the store's copy is claimed for the lease so no scan takes it twice.
-        let reservation = self
-            .ctx
-            .queue
-            .as_ref()
-            .and_then(|q| q.try_reserve(full.len()));
-        let received_at = now.timestamp_millis();
-        let first_attempt_at = match reservation {
-            Some(_) => received_at + crate::queue::CLAIM_LEASE.as_millis() as i64,
-            None => received_at,
-        };
-        let message = NewMessage {
-            id: id.clone(),
-            mail_from: transaction.mail_from,
-            recipients: transaction.recipients,
-            auth_user: self.user.as_ref().map(|u| u.name.clone()),
-            smtputf8: transaction.smtputf8,
-            content: std::sync::Arc::new(full),
-            received_at,
-            first_attempt_at,
-        };
-        match self.ctx.store.enqueue(message.clone()).await {
-            Ok(()) => {
-                tracing::info!(queue_id = %id, peer = %self.conn.peer, from = %message.mail_from, rcpts, size,
-                    user = self.user.as_ref().map(|u| u.name.as_str()), tls = self.conn.tls.is_some(), "message accepted");
-                if let Some(reservation) = reservation {
-                    reservation.submit(&message);
-                }
-                Reply::queued(id.as_str())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, peer = %self.conn.peer, "cannot store message; answered 4xx");
-                match e {
-                    StoreError::Full(_) | StoreError::Backend(_) => Reply::store_unavailable(),
-                    StoreError::Conflict(_) => Reply::local_error(),
-                }
-            }
-        }
-    }
-
-    /// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted
-    /// message lacks them (RFC 6409 §8).
-    fn added_headers(
-        &self,
-        id: &QueueId,
-        transaction: &Transaction,
-        content: &[u8],
-        now: &chrono::DateTime<chrono::Utc>,
-    ) -> String {
-        let hostname = &self.ctx.config.hostname;
-        let date = now.to_rfc2822();
         let helo = self.helo.as_ref().map_or("unknown", |(h, _)| h.as_str());
         // RFC 3848 / RFC 6531 protocol names.
         let protocol = format!(
@@ -186,32 +110,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             if self.conn.tls.is_some() { "S" } else { "" },
             if self.user.is_some() { "A" } else { "" }
         );
-        let tls = self
-            .conn
-            .tls
-            .as_ref()
-            .map_or(String::new(), |t| format!("\r\n\t({t})"));
-        let recipient = match transaction.recipients.as_slice() {
-            [only] => format!("\r\n\tfor <{}>", only.address),
-            _ => String::new(),
+        let submission = Submission {
+            mail_from: transaction.mail_from,
+            recipients: transaction.recipients,
+            user: self.user.clone(),
+            smtputf8: transaction.smtputf8,
+            content,
+            origin: Origin {
+                from: format!("{helo} ([{}])", self.conn.peer.ip()),
+                tls: self.conn.tls.clone(),
+                protocol,
+                source: "smtp",
+            },
+            submission: self.conn.mode != ListenerMode::Relay || self.user.is_some(),
         };
-        let mut headers = format!(
-            "Received: from {helo} ([{ip}]){tls}\r\n\tby {hostname} (Outpost) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
-            ip = self.conn.peer.ip(),
-        );
-        let submission = self.conn.mode != ListenerMode::Relay || self.user.is_some();
-        if submission {
-            let block = message::header_block(content);
-            if !message::has_header(block, "Date") {
-                headers.push_str(&format!("Date: {date}\r\n"));
-            }
-            if !message::has_header(block, "Message-ID") {
-                headers.push_str(&format!(
-                    "Message-ID: <{id}.{:08x}@{hostname}>\r\n",
-                    rand::random::<u32>()
-                ));
+        match self.ctx.acceptor.accept(submission).await {
+            Ok(id) => Reply::queued(id.as_str()),
+            Err(AcceptError::NotAuthorized) => Reply::sender_not_authorized(),
+            Err(AcceptError::Nul) => Reply::nul_in_data(),
+            Err(AcceptError::Store(e)) => {
+                tracing::error!(error = %e, peer = %self.conn.peer, "cannot store message; answered 4xx");
+                match e {
+                    StoreError::Full(_) | StoreError::Backend(_) => Reply::store_unavailable(),
+                    StoreError::Conflict(_) => Reply::local_error(),
+                }
             }
         }
-        headers
     }
 }

@@ -88,6 +88,7 @@ async fn handle_connection(
             .await;
         return;
     };
+    let _open = ctx.acceptor.metrics.connection_opened();
     let conn = ConnectionInfo {
         peer,
         mode,

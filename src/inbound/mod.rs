@@ -24,9 +24,9 @@ mod session;
 pub use connections::ConnectionLimiter;
 pub use listener::{BindError, BoundListener, bind, serve_listener};
 
+use crate::accept::Acceptor;
 use crate::auth::AuthThrottle;
 use crate::config::Config;
-use crate::queue::QueueHandle;
 use crate::store::Store;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -38,9 +38,9 @@ pub struct InboundContext {
     pub tls: TlsAcceptor,
     pub throttle: AuthThrottle,
     pub connections: ConnectionLimiter,
-    /// Delivery, when it runs: committed messages are handed to it directly while
-    /// its in-memory window has room; otherwise its store scan finds them.
-    pub queue: Option<QueueHandle>,
+    /// The shared acceptance path (checks, added headers, commit, hand-off to the
+    /// queue).
+    pub acceptor: Acceptor,
     /// An argon2 hash verified when a user does not exist, so that the reply time
     /// does not reveal which user names are valid.
     pub dummy_password_hash: String,
@@ -51,7 +51,7 @@ impl InboundContext {
         config: Arc<Config>,
         store: Arc<dyn Store>,
         tls: TlsAcceptor,
-        queue: Option<QueueHandle>,
+        acceptor: Acceptor,
     ) -> InboundContext {
         InboundContext {
             throttle: AuthThrottle::new(config.auth.max_failures, config.auth.lockout.get()),
@@ -62,7 +62,7 @@ impl InboundContext {
             config,
             store,
             tls,
-            queue,
+            acceptor,
             dummy_password_hash: crate::auth::password::hash(&crate::auth::password::generate()),
         }
     }

@@ -24,6 +24,7 @@ mod worker;
 
 use crate::config::Config;
 use crate::dns::Resolver;
+use crate::metrics::Metrics;
 use crate::outbound::TlsClient;
 use crate::store::{DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, Store};
 use destinations::Destinations;
@@ -94,6 +95,7 @@ pub(crate) struct Engine {
     pub store: Arc<dyn Store>,
     pub resolver: Arc<dyn Resolver>,
     pub tls: TlsClient,
+    pub metrics: Arc<Metrics>,
     window: Window,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub destinations: Destinations,
@@ -121,6 +123,11 @@ impl QueueHandle {
             engine: self.engine.clone(),
             place,
         })
+    }
+
+    /// Messages in the in-memory window now (a queue-depth gauge).
+    pub fn in_memory(&self) -> usize {
+        self.engine.config.delivery.max_messages_in_memory - self.engine.window.room()
     }
 }
 
@@ -163,6 +170,7 @@ pub fn start(
     config: Arc<Config>,
     store: Arc<dyn Store>,
     resolver: Arc<dyn Resolver>,
+    metrics: Arc<Metrics>,
 ) -> QueueHandle {
     let window = Window::new(
         config.delivery.max_messages_in_memory,
@@ -173,6 +181,7 @@ pub fn start(
         store,
         resolver,
         tls: TlsClient::new(),
+        metrics,
         window,
         held: Arc::new(Mutex::new(HashMap::new())),
         destinations: Destinations::default(),

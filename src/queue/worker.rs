@@ -7,7 +7,7 @@ use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::store::{RecipientStatus, RecipientUpdate};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shaping) {
     let idle_timeout = engine.config.delivery.idle_timeout.get();
@@ -191,6 +191,9 @@ impl Engine {
                     (RecipientStatus::Deferred, next.min(expiry), reply.to_string())
                 };
                 tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
+                let latency = (status == RecipientStatus::Delivered)
+                    .then(|| Duration::from_millis(now.saturating_sub(job.message.received_at).max(0) as u64));
+                self.metrics.delivery(status.as_str(), &job.domain, latency);
                 RecipientUpdate {
                     idx: recipient.idx,
                     status,

@@ -59,6 +59,9 @@ impl fmt::Display for Domain {
     }
 }
 
+/// Longest local part accepted, in octets (the command line limit bounds it too).
+pub const MAX_LOCAL_PART: usize = 1024;
+
 /// `local@domain`, with the local part kept as sent (it may be case-sensitive).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mailbox {
@@ -75,7 +78,10 @@ impl Mailbox {
         };
         let (local, domain) = text.rsplit_once('@')?;
         if local.is_empty()
-            || local.len() > 64
+            // RFC 5321 §4.5.3.1.1 sets 64 octets as the least to accept, and
+            // §4.5.3.1 asks for no limit where possible: longer local parts exist in
+            // the wild (and in our own List-Unsubscribe mailto addresses).
+            || local.len() > MAX_LOCAL_PART
             || local
                 .chars()
                 .any(|c| c.is_control() || c == ' ' && !local.starts_with('"'))

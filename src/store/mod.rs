@@ -51,6 +51,8 @@ pub trait Store: Send + Sync {
     fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()>;
     /// Messages that still have recipients in a non-final state, oldest first.
     fn queued_messages(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>>;
+    /// Recipients still to be delivered (queued or deferred): the queue depth.
+    fn pending_recipients(&self) -> StoreFuture<'_, usize>;
     /// One message's envelope and per-recipient state.
     fn message(&self, id: &QueueId) -> StoreFuture<'_, Option<MessageSummary>>;
     /// The stored message bytes (headers and body).

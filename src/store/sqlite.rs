@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL,
     last_reply TEXT,
+    last_class TEXT,
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, next_attempt);
@@ -137,6 +138,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&conn).map_err(backend)?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -187,6 +189,19 @@ impl SqliteStore {
         }
         result.map_err(backend)
     }
+}
+
+/// Brings a database made by an older version up to the current schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_class: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('recipients') WHERE name = 'last_class'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_class {
+        conn.execute_batch("ALTER TABLE recipients ADD COLUMN last_class TEXT")?;
+    }
+    Ok(())
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, max_batch: usize) {
@@ -273,7 +288,7 @@ fn load_summaries(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut rcpts = conn.prepare_cached(
-        "SELECT address, status, attempts, next_attempt, last_reply FROM recipients WHERE message_id = ?1 ORDER BY idx",
+        "SELECT address, status, attempts, next_attempt, last_reply, last_class FROM recipients WHERE message_id = ?1 ORDER BY idx",
     )?;
     for message in &mut messages {
         message.recipients = rcpts
@@ -285,6 +300,7 @@ fn load_summaries(
                     attempts: row.get(2)?,
                     next_attempt: row.get(3)?,
                     last_reply: row.get(4)?,
+                    last_class: row.get(5)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -512,6 +528,18 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn pending_recipients(&self) -> StoreFuture<'_, usize> {
+        Box::pin(self.read(|conn| {
+            // Two range counts on the (status, next_attempt) index.
+            conn.prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM recipients WHERE status = 'queued')
+                      + (SELECT COUNT(*) FROM recipients WHERE status = 'deferred')",
+            )?
+            .query_row([], |row| row.get::<_, i64>(0))
+            .map(|n| n as usize)
+        }))
+    }
+
     fn message(&self, id: &QueueId) -> StoreFuture<'_, Option<MessageSummary>> {
         let id = id.to_string();
         Box::pin(self.read(move |conn| Ok(load_summaries(conn, "WHERE id = ?1", &id)?.pop())))
@@ -555,8 +583,8 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, attempts = attempts + ?6
-                     WHERE message_id = ?1 AND idx = ?2",
+                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, last_class = ?6,
+                     attempts = attempts + ?7 WHERE message_id = ?1 AND idx = ?2",
                 )
                 .map_err(backend)?;
             for u in &updates {
@@ -566,6 +594,7 @@ impl Store for SqliteStore {
                     u.status.as_str(),
                     u.next_attempt,
                     u.reply,
+                    u.class,
                     i64::from(u.attempted)
                 ])
                     .map_err(backend)?;
@@ -871,7 +900,9 @@ mod tests {
             *msg.content
         );
         assert_eq!(store.queued_messages(10).await.unwrap().len(), 1);
+        assert_eq!(store.pending_recipients().await.unwrap(), 2);
         assert!(store.delete_message(&id).await.unwrap());
+        assert_eq!(store.pending_recipients().await.unwrap(), 0);
         assert!(store.message(&id).await.unwrap().is_none());
     }
 
@@ -911,12 +942,21 @@ mod tests {
         let again = store.claim_due(60, 2000, 10).await.unwrap();
         assert_eq!(again[0].recipients.len(), 1);
         assert_eq!(again[0].recipients[0].attempts, 1);
+        let bounced = RecipientUpdate {
+            class: Some("bad-mailbox".into()),
+            ..update(1, RecipientStatus::Bounced)
+        };
         let done = store
-            .record_attempt(&id, vec![update(1, RecipientStatus::Bounced)])
+            .record_attempt(&id, vec![bounced])
             .await
             .unwrap()
             .expect("complete");
         assert_eq!(done.recipients[1].status, RecipientStatus::Bounced);
+        assert_eq!(
+            done.recipients[1].last_class.as_deref(),
+            Some("bad-mailbox")
+        );
+        assert_eq!(done.recipients[0].last_class, None);
         assert_eq!(store.unfinalized(10).await.unwrap().len(), 1);
         store.finalize(&id).await.unwrap();
         assert!(store.unfinalized(10).await.unwrap().is_empty());
@@ -973,6 +1013,35 @@ mod tests {
         assert_eq!(events[2].user.as_deref(), Some("alice"));
         let after = store.events(events[1].id, 10).await.unwrap();
         assert_eq!(after.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_database_without_last_class_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SCHEMA.replace("    last_class TEXT,\n", "");
+        assert_ne!(old, SCHEMA);
+        Connection::open(dir.path().join("outpost.db"))
+            .unwrap()
+            .execute_batch(&old)
+            .unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let update = RecipientUpdate {
+            idx: 0,
+            status: RecipientStatus::Bounced,
+            next_attempt: 0,
+            reply: "550 5.1.1 unknown".into(),
+            class: Some("bad-mailbox".into()),
+            attempted: true,
+        };
+        store.record_attempt(&id, vec![update]).await.unwrap();
+        let summary = store.message(&id).await.unwrap().unwrap();
+        assert_eq!(
+            summary.recipients[0].last_class.as_deref(),
+            Some("bad-mailbox")
+        );
     }
 
     #[tokio::test]

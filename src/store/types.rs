@@ -124,6 +124,8 @@ pub struct RecipientState {
     /// Unix milliseconds of the next attempt, for queued and deferred recipients.
     pub next_attempt: i64,
     pub last_reply: Option<String>,
+    /// Bounce class of the last failed attempt, when it was classified.
+    pub last_class: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -95,6 +95,8 @@ max_recipients = {MAX_RECIPIENTS}
 # These tests are about acceptance; delivery has its own suites.
 [delivery]
 paused = true
+[http]
+addr = "127.0.0.1:0"
 "#,
             dir = dir.path().display(),
             limits = options.limits,

@@ -103,6 +103,7 @@ impl Setup {
              data_dir = \"{data_dir}\"\n\
              [[listeners]]\naddr = \"127.0.0.1:0\"\nmode = \"relay\"\n\
              [relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+             [http]\naddr = \"127.0.0.1:0\"\n\
              [delivery]\n{delivery}\
              [dns]\nnameservers = [\"{dns}\"]\n\
              {returns}{extra}",

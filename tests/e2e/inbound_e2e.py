@@ -97,7 +97,9 @@ def child_env():
 
 def write_config(path, data_dir, listeners, extra=""):
     # Acceptance only: delivery is paused so queued mail stays put for `queue list`.
-    lines = [f'hostname = "{HOSTNAME}"', f'data_dir = "{data_dir}"', "", "[delivery]", "paused = true", ""]
+    # The HTTP API on an ephemeral port too, so suites can run side by side.
+    lines = [f'hostname = "{HOSTNAME}"', f'data_dir = "{data_dir}"', "", "[delivery]", "paused = true", "",
+             "[http]", f'addr = "{HOST}:0"', ""]
     for addr, mode in listeners:
         lines += ["[[listeners]]", f'addr = "{addr}"', f'mode = "{mode}"', ""]
     with open(path, "w") as f:

@@ -166,6 +166,7 @@ def main():
             f.write(
                 f'hostname = "relay.test"\ndata_dir = "{workdir}/data"\n'
                 "[delivery]\npaused = true\n"
+                f'[http]\naddr = "{HOST}:0"\n'
                 f'[[listeners]]\naddr = "{HOST}:{implicit}"\nmode = "submissions"\n'
                 f'[[listeners]]\naddr = "{HOST}:{starttls}"\nmode = "submission"\n'
             )

@@ -45,6 +45,8 @@ pub fn config_text(data_dir: &str, to: SocketAddr, delivery: &str) -> String {
         r#"
 hostname = "{HOSTNAME}"
 data_dir = "{data_dir}"
+[http]
+addr = "127.0.0.1:0"
 [[listeners]]
 addr = "127.0.0.1:0"
 mode = "relay"
@@ -108,6 +110,8 @@ addr = "127.0.0.1:0"
 mode = "relay"
 [relay]
 trusted_networks = ["127.0.0.0/8"]
+[http]
+addr = "127.0.0.1:0"
 [delivery]
 paused = true
 "#,

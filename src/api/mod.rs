@@ -1,0 +1,328 @@
+//! The HTTP API (SPEC §6): axum routes, one file per resource, JSON in and out.
+//!
+//! Every `/v1` route needs HTTP Basic credentials of an SMTP user (argon2 is
+//! verified off the async threads; failures are throttled per client IP with the
+//! `[auth]` limits, as for SMTP AUTH). Tenants are isolated: a user sees only its own
+//! messages and events and the suppressions of its own domains; a user created
+//! with `--admin` sees everything. Another tenant's resource answers `404`, as if
+//! it did not exist.
+//!
+//! Errors are turned into HTTP statuses here, at one boundary ([`ApiError`]):
+//! every error body is `{"error": "...", "field": "..."}` where `field` names the
+//! offending input when there is one.
+//!
+//! Not here: the unauthenticated one-click unsubscribe and health/metrics routes
+//! live in their own files; webhooks are a background task (`crate::webhooks`).
+
+mod compose;
+mod events;
+mod health;
+mod messages;
+mod openapi;
+mod stats;
+mod suppressions;
+mod unsubscribe;
+
+pub use compose::{Compose, Personalized, Recipient, SendRequest};
+pub use events::EventView;
+
+use crate::accept::Acceptor;
+use crate::auth::{AuthThrottle, AuthenticatedUser, password};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// What every request handler shares.
+pub struct ApiContext {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub acceptor: Acceptor,
+    pub metrics: Arc<Metrics>,
+    pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeKey>,
+    /// Failed logins per client IP, with the limits of `[auth]` (as for SMTP AUTH).
+    throttle: AuthThrottle,
+    /// Verified when a user does not exist, so the time taken does not reveal names.
+    dummy_password_hash: String,
+}
+
+impl ApiContext {
+    pub fn new(acceptor: Acceptor) -> ApiContext {
+        ApiContext {
+            throttle: AuthThrottle::new(
+                acceptor.config.auth.max_failures,
+                acceptor.config.auth.lockout.get(),
+            ),
+            config: acceptor.config.clone(),
+            store: acceptor.store.clone(),
+            metrics: acceptor.metrics.clone(),
+            unsubscribe: acceptor.unsubscribe.clone(),
+            acceptor,
+            dummy_password_hash: password::hash(&password::generate()),
+        }
+    }
+}
+
+type Ctx = axum::extract::State<Arc<ApiContext>>;
+
+/// An error answered to an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request could not be read (malformed JSON, unknown field, wrong type).
+    #[error("{message}")]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    /// The request was read but a value is not acceptable.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    #[error("authentication required")]
+    Unauthorized,
+    /// Too many failed logins from this address (`[auth] max_failures`).
+    #[error("too many failed logins from your address; try again later")]
+    LockedOut,
+    /// The user may not act on this (a sender domain not granted to it).
+    #[error("{message}")]
+    Forbidden { field: String, message: String },
+    #[error("not found")]
+    NotFound,
+    #[error("{message}")]
+    TooLarge {
+        field: Option<String>,
+        message: String,
+    },
+    /// The store failed; the client may retry.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::LockedOut => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { field, .. } | ApiError::TooLarge { field, .. } => {
+                field.as_deref()
+            }
+            ApiError::Invalid { field, .. } | ApiError::Forbidden { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error in the HTTP API");
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string(), "field": self.field() });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"outpost\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+/// The JSON error body, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// The input the error is about (`to[2].email`, `headers.X-Tag`), when there is one.
+    pub field: Option<String>,
+}
+
+/// A JSON request body, parsed with errors that name the field (`to[1].vars`).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                    field: None,
+                    message: "request body is larger than limits.max_message_size".into(),
+                },
+                _ => ApiError::BadRequest {
+                    field: None,
+                    message: e.body_text(),
+                },
+            })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                ApiError::BadRequest {
+                    field: (path != ".").then_some(path),
+                    message: format!("invalid JSON body: {}", e.inner()),
+                }
+            })
+    }
+}
+
+/// A query string, parsed with errors answered as JSON `400`s.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest {
+                field: None,
+                message: e.body_text(),
+            })
+    }
+}
+
+/// The authenticated caller of a `/v1` route.
+pub struct Caller(pub AuthenticatedUser);
+
+impl Caller {
+    /// Whether this caller may see data of `user` (its own, or anything for admins).
+    pub fn owns(&self, user: Option<&str>) -> bool {
+        self.0.admin || user == Some(self.0.name.as_str())
+    }
+}
+
+impl FromRequestParts<Arc<ApiContext>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &Arc<ApiContext>,
+    ) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if ip.is_some_and(|ip| ctx.throttle.is_locked(ip)) {
+            return Err(ApiError::LockedOut);
+        }
+        let (name, password) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(basic_credentials)
+            .ok_or(ApiError::Unauthorized)?;
+        let record = ctx.store.user(&name).await?;
+        let hash = record
+            .as_ref()
+            .map_or(ctx.dummy_password_hash.clone(), |r| r.password_hash.clone());
+        let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+            .await
+            .unwrap_or(false);
+        match (record.filter(|_| matches), ip) {
+            (Some(user), ip) => {
+                if let Some(ip) = ip {
+                    ctx.throttle.record_success(ip);
+                }
+                Ok(Caller(user.into()))
+            }
+            (None, ip) => {
+                tracing::warn!(user = %name, ?ip, "HTTP API: authentication failed");
+                if let Some(ip) = ip {
+                    tokio::time::sleep(ctx.throttle.record_failure(ip)).await;
+                }
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// `Basic base64(user:password)` → `(user, password)`.
+fn basic_credentials(value: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Every route, with the request body limit of `limits.max_message_size`.
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    let limit = ctx.config.limits.max_message_size;
+    Router::new()
+        .merge(messages::routes())
+        .merge(events::routes())
+        .merge(suppressions::routes())
+        .merge(stats::routes())
+        .merge(unsubscribe::routes())
+        .merge(health::routes())
+        .merge(openapi::routes())
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ctx)
+}
+
+/// Serves the API on an already bound listener until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
+    if let Err(e) = axum::serve(
+        listener,
+        router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
+    {
+        tracing::error!(error = %e, "HTTP API server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
+        assert_eq!(
+            basic_credentials(&format!("Basic {b64}")),
+            Some(("alice".into(), "pa:ss".into()))
+        );
+        assert_eq!(basic_credentials(&format!("Bearer {b64}")), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+}
