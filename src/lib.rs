@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bounce;
 pub mod config;
+pub mod dkim;
 pub mod dns;
 pub mod inbound;
 pub mod message;

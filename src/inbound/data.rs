@@ -1,6 +1,6 @@
 //! DATA and BDAT: receiving the content, the checks at the end of data (line
-//! endings, size, the `From:` header), the trace and submission headers, and the
-//! durable hand-off to the store.
+//! endings, size, the `From:` header), the trace and submission headers, the DKIM
+//! signature, and the durable hand-off to the store.
 
 use super::io::IoEnd;
 use super::session::{Next, Session, Transaction};
@@ -109,9 +109,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let id = QueueId::generate();
         let now = chrono::Utc::now();
         let headers = self.added_headers(&id, &transaction, &content, &now);
-        let mut full = Vec::with_capacity(headers.len() + content.len());
+        let mut full = Vec::with_capacity(headers.len() + content.len() + 1024);
         full.extend_from_slice(headers.as_bytes());
         full.extend_from_slice(&content);
+        // SPEC §5.2: sign once the message is final, before it is committed, so
+        // every copy delivered carries the same signature.
+        match self.ctx.dkim.sign(&full).await {
+            Ok(Some(signatures)) => {
+                full.splice(0..0, signatures.into_bytes());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, peer = %self.conn.peer, "cannot DKIM-sign; answered 4xx");
+                return Reply::local_error();
+            }
+        }
         let size = full.len();
         let rcpts = transaction.recipients.len();
         // With a place in delivery's window the message goes there directly, and

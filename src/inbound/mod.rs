@@ -26,6 +26,7 @@ pub use listener::{BindError, BoundListener, bind, serve_listener};
 
 use crate::auth::AuthThrottle;
 use crate::config::Config;
+use crate::dkim::DkimSigners;
 use crate::queue::QueueHandle;
 use crate::store::Store;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct InboundContext {
     /// An argon2 hash verified when a user does not exist, so that the reply time
     /// does not reveal which user names are valid.
     pub dummy_password_hash: String,
+    /// DKIM keys of the registered sending domains, signed with at acceptance.
+    pub dkim: DkimSigners,
 }
 
 impl InboundContext {
@@ -59,6 +62,7 @@ impl InboundContext {
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
             ),
+            dkim: DkimSigners::new(store.clone()),
             config,
             store,
             tls,

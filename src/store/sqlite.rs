@@ -94,6 +94,18 @@ CREATE TABLE IF NOT EXISTS suppressions (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (domain, address)
 );
+CREATE TABLE IF NOT EXISTS sending_domains (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dkim_keys (
+    domain TEXT NOT NULL REFERENCES sending_domains(name) ON DELETE CASCADE,
+    selector TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    private_key BLOB NOT NULL,
+    public_key BLOB NOT NULL,
+    PRIMARY KEY (domain, selector)
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -133,6 +145,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        add_recipient_class_column(&conn).map_err(backend)?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -247,6 +260,17 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Stores made before bounce classes were kept lack `recipients.class`.
+fn add_recipient_class_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has_class = conn
+        .prepare("SELECT 1 FROM pragma_table_info('recipients') WHERE name = 'class'")?
+        .exists([])?;
+    if !has_class {
+        conn.execute_batch("ALTER TABLE recipients ADD COLUMN class TEXT")?;
+    }
+    Ok(())
+}
+
 fn load_summaries(
     conn: &Connection,
     where_sql: &str,
@@ -269,7 +293,7 @@ fn load_summaries(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut rcpts = conn.prepare_cached(
-        "SELECT address, status, attempts, next_attempt, last_reply FROM recipients WHERE message_id = ?1 ORDER BY idx",
+        "SELECT address, status, attempts, next_attempt, last_reply, class FROM recipients WHERE message_id = ?1 ORDER BY idx",
     )?;
     for message in &mut messages {
         message.recipients = rcpts
@@ -281,6 +305,7 @@ fn load_summaries(
                     attempts: row.get(2)?,
                     next_attempt: row.get(3)?,
                     last_reply: row.get(4)?,
+                    class: row.get(5)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -534,12 +559,12 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, attempts = attempts + 1
+                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, class = ?6, attempts = attempts + 1
                      WHERE message_id = ?1 AND idx = ?2",
                 )
                 .map_err(backend)?;
             for u in &updates {
-                stmt.execute(params![id, u.idx as i64, u.status.as_str(), u.next_attempt, u.reply])
+                stmt.execute(params![id, u.idx as i64, u.status.as_str(), u.next_attempt, u.reply, u.class])
                     .map_err(backend)?;
             }
             if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
@@ -717,6 +742,72 @@ impl Store for SqliteStore {
                 row_to_suppression,
             )?
             .collect()
+        }))
+    }
+
+    fn add_domain(&self, domain: SendingDomain) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            let name = domain.name.to_ascii_lowercase();
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO sending_domains (name, created_at) VALUES (?1, ?2)",
+                    params![name, domain.created_at],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!("domain {name:?}")));
+            }
+            for key in &domain.keys {
+                conn.execute(
+                    "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, key.selector, key.algorithm.as_str(), key.private_key, key.public_key],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn domains(&self) -> StoreFuture<'_, Vec<SendingDomain>> {
+        Box::pin(self.read(|conn| {
+            let mut domains: Vec<SendingDomain> = conn
+                .prepare_cached("SELECT name, created_at FROM sending_domains ORDER BY name")?
+                .query_map([], |row| {
+                    Ok(SendingDomain {
+                        name: row.get(0)?,
+                        created_at: row.get(1)?,
+                        keys: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut keys = conn.prepare_cached(
+                "SELECT selector, algorithm, private_key, public_key FROM dkim_keys WHERE domain = ?1 ORDER BY algorithm DESC, selector",
+            )?;
+            for domain in &mut domains {
+                domain.keys = keys
+                    .query_map([&domain.name], |row| {
+                        let algorithm: String = row.get(1)?;
+                        Ok(DkimKeyRecord {
+                            selector: row.get(0)?,
+                            // Only this code writes the column.
+                            algorithm: DkimAlgorithm::parse(&algorithm)
+                                .unwrap_or(DkimAlgorithm::Rsa),
+                            private_key: row.get(2)?,
+                            public_key: row.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(domains)
+        }))
+    }
+
+    fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool> {
+        let name = name.to_ascii_lowercase();
+        Box::pin(self.write(move |conn| {
+            conn.execute("DELETE FROM sending_domains WHERE name = ?1", [name])
+                .map(|n| n > 0)
+                .map_err(backend)
         }))
     }
 
