@@ -7,7 +7,7 @@ use outpost::auth::password;
 use outpost::config::Config;
 use outpost::dkim::check::Severity;
 use outpost::dns::{HickoryResolver, Resolver};
-use outpost::outbound::probe::{self, ProbeLimits};
+use outpost::outbound::probe::{self, Port, ProbeLimits};
 use outpost::store::{QueueId, SendingDomain, SqliteStore, Store, Suppression, UserRecord};
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -42,9 +42,12 @@ enum Command {
     /// Probe a mail server's ports: banner, extensions, TLS, certificate, AUTH.
     Check {
         host: String,
-        /// Port to probe (repeatable). Default: 25, 465, 587 and 2525.
+        /// Port to probe (repeatable); TLS is implicit on 465. Default: 25, 465, 587 and 2525.
         #[arg(long = "port")]
         ports: Vec<u16>,
+        /// Port to probe with implicit TLS, whatever its number (repeatable).
+        #[arg(long = "tls-port")]
+        tls_ports: Vec<u16>,
         #[arg(long)]
         json: bool,
     },
@@ -166,7 +169,12 @@ fn main() -> Result<()> {
             Command::Queue(cmd) => queue(&config, cmd).await,
             Command::Domain(cmd) => domain(&config, cmd).await,
             Command::Suppress(cmd) => suppress(&config, cmd).await,
-            Command::Check { host, ports, json } => check(&config, &host, ports, json).await,
+            Command::Check {
+                host,
+                ports,
+                tls_ports,
+                json,
+            } => check(&config, &host, ports, tls_ports, json).await,
         }
     })
 }
@@ -509,12 +517,21 @@ async fn suppress(config: &Config, cmd: SuppressCommand) -> Result<()> {
     Ok(())
 }
 
-async fn check(config: &Config, host: &str, ports: Vec<u16>, json: bool) -> Result<()> {
-    let ports = if ports.is_empty() {
-        probe::DEFAULT_PORTS.to_vec()
-    } else {
-        ports
-    };
+async fn check(
+    config: &Config,
+    host: &str,
+    ports: Vec<u16>,
+    tls_ports: Vec<u16>,
+    json: bool,
+) -> Result<()> {
+    let mut ports: Vec<Port> = ports.into_iter().map(Port::by_convention).collect();
+    ports.extend(tls_ports.into_iter().map(|number| Port {
+        number,
+        implicit_tls: true,
+    }));
+    if ports.is_empty() {
+        ports = probe::DEFAULT_PORTS.map(Port::by_convention).to_vec();
+    }
     let reports = probe::probe(host, &ports, &config.hostname, ProbeLimits::default()).await;
     if json {
         println!(

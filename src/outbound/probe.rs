@@ -23,8 +23,8 @@ use tokio::time::Instant;
 
 /// The ports probed when none is given: SMTP, submissions, submission, alternate.
 pub const DEFAULT_PORTS: [u16; 4] = [25, 465, 587, 2525];
-/// Port on which TLS starts at once (RFC 8314).
-const IMPLICIT_TLS_PORT: u16 = 465;
+/// The port on which TLS starts at once by default (RFC 8314).
+pub const IMPLICIT_TLS_PORT: u16 = 465;
 /// Longest reply read (all lines); a peer sending more is broken.
 const MAX_REPLY: usize = 64 * 1024;
 /// A certificate expiring sooner than this is a finding.
@@ -129,8 +129,25 @@ enum ProbeError {
     Tls(String),
 }
 
+/// A port to probe and whether TLS starts at once there (implicit TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub number: u16,
+    pub implicit_tls: bool,
+}
+
+impl Port {
+    /// Implicit TLS on 465, plaintext (with STARTTLS if offered) elsewhere.
+    pub fn by_convention(number: u16) -> Port {
+        Port {
+            number,
+            implicit_tls: number == IMPLICIT_TLS_PORT,
+        }
+    }
+}
+
 /// Probes `ports` of `host` concurrently; reports in the order of `ports`.
-pub async fn probe(host: &str, ports: &[u16], helo: &str, limits: ProbeLimits) -> Vec<PortReport> {
+pub async fn probe(host: &str, ports: &[Port], helo: &str, limits: ProbeLimits) -> Vec<PortReport> {
     let tls = Arc::new(TlsClient::new());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, &port) in ports.iter().enumerate() {
@@ -146,11 +163,13 @@ pub async fn probe(host: &str, ports: &[u16], helo: &str, limits: ProbeLimits) -
 
 async fn probe_port(
     host: &str,
-    port: u16,
+    port: Port,
     helo: &str,
     tls: &TlsClient,
     limits: ProbeLimits,
 ) -> PortReport {
+    let implicit_tls = port.implicit_tls;
+    let port = port.number;
     let mut report = PortReport::new(port);
     let deadline = Instant::now() + limits.total;
     let address = format!(
@@ -179,7 +198,7 @@ async fn probe_port(
     report.reachable = true;
     let outcome = tokio::time::timeout_at(
         deadline,
-        converse(&mut report, tcp, host, helo, tls, deadline),
+        converse(&mut report, tcp, implicit_tls, host, helo, tls, deadline),
     )
     .await
     .unwrap_or(Err(ProbeError::Timeout(limits.total)));
@@ -195,13 +214,14 @@ async fn probe_port(
 async fn converse(
     report: &mut PortReport,
     tcp: TcpStream,
+    implicit_tls: bool,
     host: &str,
     helo: &str,
     tls: &TlsClient,
     deadline: Instant,
 ) -> Result<(), ProbeError> {
     let server_name = host.trim_start_matches('[').trim_end_matches(']');
-    if report.port == IMPLICIT_TLS_PORT {
+    if implicit_tls {
         let stream = handshake(tls, server_name, tcp, report).await?;
         report.tls = "implicit";
         let mut stream = BufReader::new(stream);
