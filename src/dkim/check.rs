@@ -144,7 +144,11 @@ async fn check_spf(
             return;
         }
         Err(e) => {
-            findings.error("spf", e, "merge them into one v=spf1 record".into());
+            findings.error(
+                "spf",
+                e,
+                format!("publish exactly one v=spf1 record at {domain}, e.g. \"{suggestion}\""),
+            );
             return;
         }
     };
