@@ -492,3 +492,69 @@ async fn check_probes_outpost_a_clear_text_auth_server_and_dead_ports() {
     assert_eq!(json["ports"][0]["verdict"], "unreachable", "{json:#}");
     assert_eq!(json["ports"][1]["tls"], "implicit", "{json:#}");
 }
+
+/// Postfix's `smtp-sink` (a real Postfix SMTP server program, without STARTTLS)
+/// on a loopback port: the probe reads its Postfix EHLO reply, finds no TLS and
+/// AUTH offered in clear. `.ci/run` installs postfix.
+#[tokio::test]
+async fn check_reads_postfix_smtp_sink() {
+    const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+    assert!(
+        std::path::Path::new(SMTP_SINK).exists(),
+        "{SMTP_SINK} is missing: install Debian's postfix package (.ci/run does)"
+    );
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut command = tokio::process::Command::new(SMTP_SINK);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if root {
+        // smtp-sink refuses to run as root without a user to switch to.
+        command.args(["-u", "nobody"]);
+    }
+    let _postfix = command
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("10")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start smtp-sink");
+    within("smtp-sink listening", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let reports = within(
+        "probe",
+        probe(
+            "127.0.0.1",
+            &[Port::by_convention(port)],
+            "probe.test",
+            ProbeLimits::default(),
+        ),
+    )
+    .await;
+    let r = &reports[0];
+    assert!(r.reachable, "{r:#?}");
+    assert!(r.banner.as_deref().unwrap().contains("smtp-sink"), "{r:#?}");
+    assert!(
+        r.extensions.contains(&"PIPELINING".to_string())
+            && r.extensions.contains(&"8BITMIME".to_string()),
+        "{r:#?}"
+    );
+    assert_eq!(r.tls, "none");
+    assert!(
+        r.auth_before_tls && r.auth.contains(&"PLAIN".to_string()),
+        "{r:#?}"
+    );
+    assert!(r.findings.iter().any(|f| f.starts_with("no TLS")), "{r:#?}");
+    assert_eq!(r.verdict, Verdict::Warning);
+}
