@@ -371,3 +371,37 @@ async fn permanent_bad_mailbox_bounce_suppresses_the_next_message() {
                 && e.class.as_deref() == Some("bad-mailbox"))
     );
 }
+
+#[tokio::test]
+async fn only_senders_who_may_relay_get_signatures() {
+    let server = common::Server::start().await;
+    let domain = outpost::dkim::generate(common::USER_DOMAIN, false, chrono::Utc::now()).unwrap();
+    server.running.store.add_domain(domain).await.unwrap();
+    let content = format!(
+        "From: {}\r\nTo: postmaster@{HOSTNAME}\r\nSubject: hi\r\n\r\nhello\r\n",
+        common::SENDER
+    );
+    // A stranger on the relay port, writing to a local address with a forged From:.
+    let mut stranger = server.connect(ListenerMode::Relay).await;
+    stranger.ehlo().await;
+    let forged = stranger
+        .deliver(
+            "x@stranger.example",
+            &[&format!("postmaster@{HOSTNAME}")],
+            content.as_bytes(),
+        )
+        .await;
+    let stored = String::from_utf8(server.content(&forged).await).unwrap();
+    assert!(!stored.contains("DKIM-Signature"), "{stored}");
+    // The domain's own authenticated user.
+    let mut user = server.authenticated(ListenerMode::Submission).await;
+    let id = user
+        .deliver(common::SENDER, &["rcpt@remote.example"], content.as_bytes())
+        .await;
+    let stored = String::from_utf8(server.content(&id).await).unwrap();
+    assert!(stored.starts_with("DKIM-Signature:"), "{stored}");
+    assert!(
+        stored.contains(&format!("d={}", common::USER_DOMAIN)),
+        "{stored}"
+    );
+}

@@ -8,8 +8,9 @@
 //! [`RELOAD_INTERVAL`], so signing costs no store read per message and a domain
 //! added or removed with the CLI takes effect within that interval.
 //!
-//! A message is signed only when the domain of its `From:` header is registered;
-//! nothing else is ever signed.
+//! A message is signed only when the domain of its `From:` header is registered
+//! and its sender may relay (an authenticated user or a trusted network); nothing
+//! else is ever signed.
 
 pub mod check;
 pub mod records;

@@ -113,8 +113,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         full.extend_from_slice(headers.as_bytes());
         full.extend_from_slice(&content);
         // SPEC §5.2: sign once the message is final, before it is committed, so
-        // every copy delivered carries the same signature.
-        match self.ctx.dkim.sign(&full).await {
+        // every copy delivered carries the same signature. Only mail from senders
+        // who may relay is signed: a stranger writing to our own domains with a
+        // forged From: must not obtain our signature.
+        let signed = if self.may_relay() {
+            self.ctx.dkim.sign(&full).await
+        } else {
+            Ok(None)
+        };
+        match signed {
             Ok(Some(signatures)) => {
                 full.splice(0..0, signatures.into_bytes());
             }
