@@ -3,7 +3,8 @@
 //!
 //! It checks that an authenticated user may use the `From:` header's domains
 //! (SPEC §2), adds the trace header (`Received:`, RFC 5321 §4.4) and, for
-//! submissions, `Date:` and `Message-ID:` when missing (RFC 6409 §8), commits the
+//! submissions, `Date:` and `Message-ID:` when missing (RFC 6409 §8), signs it
+//! with DKIM when its `From:` domain is registered (SPEC §5.2), commits the
 //! message durably, and only then hands it to the queue. Whatever the caller
 //! answers (`250` or `202`) it answers after [`Acceptor::accept`] returned `Ok`.
 //!
@@ -12,6 +13,7 @@
 
 use crate::auth::AuthenticatedUser;
 use crate::config::Config;
+use crate::dkim::DkimSigners;
 use crate::message;
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
@@ -29,6 +31,9 @@ pub enum AcceptError {
     /// data early at a receiver that drops NULs (the smuggling class, outbound).
     #[error("NUL in message data is not allowed")]
     Nul,
+    /// The DKIM keys could not be loaded (temporary: the message is not sent unsigned).
+    #[error("cannot DKIM-sign: {0}")]
+    Signing(String),
     /// The store could not commit the message (temporary).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -57,6 +62,10 @@ pub struct Submission {
     pub origin: Origin,
     /// Add `Date:`/`Message-ID:` when missing (a submission rather than a relay).
     pub submission: bool,
+    /// The sender may relay (authenticated, or a trusted network). Only such mail
+    /// is DKIM-signed: a stranger writing to our own domains with a forged `From:`
+    /// must not obtain our signature.
+    pub may_relay: bool,
 }
 
 /// What acceptance needs: shared by every SMTP session and HTTP request.
@@ -70,6 +79,8 @@ pub struct Acceptor {
     pub metrics: Arc<Metrics>,
     /// Verifies `unsubscribe+TOKEN@<local domain>` recipients (RFC 2369 mailto).
     pub unsubscribe: Arc<UnsubscribeKey>,
+    /// DKIM keys of the registered sending domains.
+    pub dkim: Arc<DkimSigners>,
 }
 
 /// The `Message-ID:` Outpost gives a message: the queue id, a random part and the
@@ -113,9 +124,20 @@ impl Acceptor {
         }
         let now = chrono::Utc::now();
         let headers = self.added_headers(&id, &s, &now);
-        let mut full = Vec::with_capacity(headers.len() + s.content.len());
+        let mut full = Vec::with_capacity(headers.len() + s.content.len() + 1024);
         full.extend_from_slice(headers.as_bytes());
         full.extend_from_slice(&s.content);
+        // Signed once final and before the commit, so every delivered copy carries
+        // the same signature.
+        if s.may_relay {
+            match self.dkim.sign(&full).await {
+                Ok(Some(signatures)) => {
+                    full.splice(0..0, signatures.into_bytes());
+                }
+                Ok(None) => {}
+                Err(e) => return Err(AcceptError::Signing(e.to_string())),
+            }
+        }
         let size = full.len();
         let rcpts = s.recipients.len();
         // With a place in delivery's window the message goes there directly, and

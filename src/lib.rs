@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod bounce;
 pub mod config;
+pub mod dkim;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;

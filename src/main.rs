@@ -5,7 +5,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost::auth::password;
 use outpost::config::Config;
-use outpost::store::{QueueId, SqliteStore, Store, UserRecord};
+use outpost::dkim::check::Severity;
+use outpost::dns::{HickoryResolver, Resolver};
+use outpost::outbound::probe::{self, Port, ProbeLimits};
+use outpost::store::{QueueId, SendingDomain, SqliteStore, Store, Suppression, UserRecord};
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,8 +33,74 @@ enum Command {
     /// Inspect and manage the queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Sending domains: DKIM keys, the DNS records to publish, and their check.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// The suppression list: addresses a sending domain does not mail.
+    #[command(subcommand)]
+    Suppress(SuppressCommand),
+    /// Probe a mail server's ports: banner, extensions, TLS, certificate, AUTH.
+    Check {
+        host: String,
+        /// Port to probe (repeatable); TLS is implicit on 465. Default: 25, 465, 587 and 2525.
+        #[arg(long = "port")]
+        ports: Vec<u16>,
+        /// Port to probe with implicit TLS, whatever its number (repeatable).
+        #[arg(long = "tls-port")]
+        tls_ports: Vec<u16>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Bulk send from a CSV file through the HTTP API, with a progress bar.
     Send(SendArgs),
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Register a sending domain and generate its DKIM key (RSA-2048).
+    Add {
+        domain: String,
+        /// Also generate an Ed25519 key; messages are then signed with both.
+        #[arg(long)]
+        ed25519: bool,
+    },
+    /// Registered domains and their DKIM selectors.
+    List,
+    /// Unregister a domain and delete its keys; its mail is no longer signed.
+    Remove { domain: String },
+    /// The DNS records to publish for a domain.
+    Dns {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look up a domain's published records and say what to change.
+    Check {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressCommand {
+    /// Suppressed addresses, of one sending domain or all.
+    List {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Stop mail from a sending domain to an address.
+    Add {
+        address: String,
+        #[arg(long)]
+        domain: String,
+    },
+    /// Allow mail from a sending domain to an address again.
+    Remove {
+        address: String,
+        #[arg(long)]
+        domain: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -137,6 +206,14 @@ fn main() -> Result<()> {
             Command::User(cmd) => user(&config, cmd).await,
             Command::Queue(cmd) => queue(&config, cmd).await,
             Command::Send(args) => send(&config, args).await,
+            Command::Domain(cmd) => domain(&config, cmd).await,
+            Command::Suppress(cmd) => suppress(&config, cmd).await,
+            Command::Check {
+                host,
+                ports,
+                tls_ports,
+                json,
+            } => check(&config, &host, ports, tls_ports, json).await,
         }
     })
 }
@@ -358,6 +435,255 @@ async fn send(config: &Config, args: SendArgs) -> Result<()> {
     }
     if !summary.rejected.is_empty() {
         bail!("{} recipient(s) rejected", summary.rejected.len());
+    }
+    Ok(())
+}
+
+fn domain_name(text: &str) -> Result<String> {
+    Ok(outpost::smtp::Domain::parse(text)
+        .with_context(|| format!("{text:?} is not a domain name"))?
+        .to_string()
+        .to_ascii_lowercase())
+}
+
+async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
+    let name = domain_name(name)?;
+    store
+        .domains()
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+        .with_context(|| format!("{name} is not registered (outpost domain add {name})"))
+}
+
+fn resolver(config: &Config) -> Result<HickoryResolver> {
+    HickoryResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)
+}
+
+/// Where bounces go: Outpost's first local domain (the hostname by default).
+fn bounce_domain(config: &Config) -> &str {
+    config
+        .relay
+        .local_domains
+        .first()
+        .map_or(config.hostname.as_str(), String::as_str)
+}
+
+async fn domain(config: &Config, cmd: DomainCommand) -> Result<()> {
+    let store = open_store(config)?;
+    match cmd {
+        DomainCommand::Add { domain, ed25519 } => {
+            let name = domain_name(&domain)?;
+            let record = outpost::dkim::generate(&name, ed25519, chrono::Utc::now())?;
+            let selectors: Vec<String> = record
+                .keys
+                .iter()
+                .map(|k| format!("{} ({})", k.selector, k.algorithm.as_str()))
+                .collect();
+            store.add_domain(record).await?;
+            println!(
+                "domain {name} added; DKIM selector(s): {}",
+                selectors.join(", ")
+            );
+            println!("publish its records: outpost domain dns {name}");
+        }
+        DomainCommand::List => {
+            for d in store.domains().await? {
+                let selectors: Vec<String> = d
+                    .keys
+                    .iter()
+                    .map(|k| format!("{}:{}", k.algorithm.as_str(), k.selector))
+                    .collect();
+                println!("{}\t{}", d.name, selectors.join(","));
+            }
+        }
+        DomainCommand::Remove { domain } => {
+            let name = domain_name(&domain)?;
+            if !store.remove_domain(&name).await? {
+                bail!("{name} is not registered");
+            }
+            println!("domain {name} removed; its mail is no longer signed");
+        }
+        DomainCommand::Dns { domain, json } => {
+            let record = registered(&store, &domain).await?;
+            // The server's addresses make the SPF suggestion exact; without them the
+            // a: term still covers it.
+            let ips = match resolver(config) {
+                Ok(r) => tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    r.addresses(&config.hostname),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let records = outpost::dkim::records::records(
+                &record,
+                &config.hostname,
+                &ips,
+                bounce_domain(config),
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "records": records }))?
+                );
+            } else {
+                for r in &records {
+                    println!("; {}\n{}", r.purpose, r.zone_line());
+                }
+            }
+        }
+        DomainCommand::Check { domain, json } => {
+            let record = registered(&store, &domain).await?;
+            let resolver = resolver(config)?;
+            let server = outpost::dkim::check::ThisServer {
+                hostname: &config.hostname,
+                bounce_domain: bounce_domain(config),
+            };
+            let report = outpost::dkim::check::check(&resolver, &record, &server).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for f in &report.findings {
+                    let mark = match f.severity {
+                        Severity::Ok => "ok  ",
+                        Severity::Warning => "warn",
+                        Severity::Error => "FAIL",
+                    };
+                    println!("{mark} {:<11} {}", f.record, f.message);
+                    if let Some(fix) = &f.fix {
+                        println!("     {:<11} -> {fix}", "");
+                    }
+                }
+            }
+            if report.has_errors() {
+                bail!("{}: some records need changing", report.domain);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn suppress(config: &Config, cmd: SuppressCommand) -> Result<()> {
+    let store = open_store(config)?;
+    match cmd {
+        SuppressCommand::List { domain } => {
+            let domain = domain.as_deref().map(domain_name).transpose()?;
+            let mut after = None;
+            let mut count = 0;
+            loop {
+                let page = store
+                    .suppressions(domain.as_deref(), after.take(), 1000)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some((last.domain.clone(), last.address.clone()));
+                for s in &page {
+                    let at = chrono::DateTime::from_timestamp_millis(s.created_at)
+                        .map_or_else(String::new, |t| t.to_rfc3339());
+                    println!("{}\t{}\t{}\t{}", s.domain, s.address, at, s.reason);
+                }
+                count += page.len();
+            }
+            println!("{count} suppression(s)");
+        }
+        SuppressCommand::Add { address, domain } => {
+            let address = outpost::smtp::Mailbox::parse(&address)
+                .with_context(|| format!("{address:?} is not an address"))?
+                .to_string();
+            let domain = domain_name(&domain)?;
+            let added = store
+                .add_suppression(Suppression {
+                    domain: domain.clone(),
+                    address: address.clone(),
+                    reason: "manual".into(),
+                    created_at: chrono::Utc::now().timestamp_millis(),
+                })
+                .await?;
+            if added {
+                println!("{address} suppressed for {domain}");
+            } else {
+                println!("{address} was already suppressed for {domain}");
+            }
+        }
+        SuppressCommand::Remove { address, domain } => {
+            let domain = domain_name(&domain)?;
+            if !store.remove_suppression(&domain, &address).await? {
+                bail!("{address} is not suppressed for {domain}");
+            }
+            println!("{address} no longer suppressed for {domain}");
+        }
+    }
+    Ok(())
+}
+
+async fn check(
+    config: &Config,
+    host: &str,
+    ports: Vec<u16>,
+    tls_ports: Vec<u16>,
+    json: bool,
+) -> Result<()> {
+    let mut ports: Vec<Port> = ports.into_iter().map(Port::by_convention).collect();
+    ports.extend(tls_ports.into_iter().map(|number| Port {
+        number,
+        implicit_tls: true,
+    }));
+    if ports.is_empty() {
+        ports = probe::DEFAULT_PORTS.map(Port::by_convention).to_vec();
+    }
+    let reports = probe::probe(host, &ports, &config.hostname, ProbeLimits::default()).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "host": host, "ports": reports }))?
+        );
+    } else {
+        for r in &reports {
+            println!("port {}: {:?}", r.port, r.verdict);
+            if let Some(banner) = &r.banner {
+                println!("  banner:     {banner}");
+            }
+            if r.reachable {
+                println!("  extensions: {}", r.extensions.join(" "));
+                println!(
+                    "  tls:        {}{}",
+                    r.tls,
+                    r.tls_version
+                        .as_deref()
+                        .map_or(String::new(), |v| format!(" ({v})"))
+                );
+            }
+            if let Some(c) = &r.certificate {
+                println!(
+                    "  cert:       {} (issuer {}), expires {} ({} days), {}",
+                    c.subject,
+                    c.issuer,
+                    c.not_after,
+                    c.days_left,
+                    c.problem.as_deref().unwrap_or("valid")
+                );
+            }
+            if !r.auth.is_empty() {
+                println!(
+                    "  auth:       {}{}",
+                    r.auth.join(" "),
+                    if r.auth_before_tls {
+                        " (before TLS)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if let Some(size) = r.size {
+                println!("  size:       {size}");
+            }
+            for f in &r.findings {
+                println!("  finding:    {f}");
+            }
+        }
     }
     Ok(())
 }

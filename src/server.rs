@@ -119,6 +119,7 @@ pub async fn start_with_store(
         queue,
         metrics,
         unsubscribe,
+        dkim: Arc::new(crate::dkim::DkimSigners::new(store.clone())),
     };
     let ctx = Arc::new(InboundContext::new(
         config.clone(),

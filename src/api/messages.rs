@@ -130,6 +130,7 @@ impl ApiContext {
                         "NUL octets are not allowed in a message",
                     ))
                 }
+                (_, Err(AcceptError::Signing(e))) => failure = Some(ApiError::Unavailable(e)),
                 (_, Err(AcceptError::Store(e))) => failure = Some(e.into()),
             }
         }
@@ -246,6 +247,7 @@ fn compose_all(
                 content,
                 origin: origin(peer),
                 submission: true,
+                may_relay: true,
             },
         ));
     }
@@ -311,6 +313,7 @@ pub(super) async fn send_raw(
         content,
         origin: origin(peer),
         submission: true,
+        may_relay: true,
     };
     let to = rcpts.iter().map(ToString::to_string).collect();
     let ids = ctx

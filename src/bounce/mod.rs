@@ -3,8 +3,15 @@
 //! report-type=delivery-status`, RFC 6522), and the reading of replies that ask us
 //! to slow down.
 //!
+//! Every failure is also given a [`BounceClass`] (`classify`), which decides whether
+//! the address is suppressed.
+//!
 //! The report is written out by hand: it is a fixed three-part structure, and
 //! building it with a general MIME builder would not make its fields any clearer.
+
+mod classify;
+
+pub use classify::{BounceClass, classify};
 
 use crate::message::header_block;
 use crate::store::{MessageSummary, RecipientStatus};

@@ -130,4 +130,27 @@ impl Resolver for HickoryResolver {
             }
         })
     }
+
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<String>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let lookup = match self.resolver.txt_lookup(fqdn(&name)).await {
+                Ok(lookup) => lookup,
+                Err(e) => return classify(&name, e).map(|()| Vec::new()),
+            };
+            Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect())
+        })
+    }
 }

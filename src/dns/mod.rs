@@ -1,5 +1,6 @@
-//! DNS for delivery: the `Resolver` trait (MX and address lookups with the answers
-//! delivery needs to tell apart) and its hickory implementation.
+//! DNS for delivery and for checking a domain's records: the `Resolver` trait (MX,
+//! address and TXT lookups with the answers callers need to tell apart) and its
+//! hickory implementation.
 //!
 //! Tests do not mock this trait: they run a real DNS server on loopback and point
 //! `[dns] nameservers` at it, so the hickory code path is what they exercise.
@@ -45,4 +46,7 @@ pub trait Resolver: Send + Sync {
     fn mx(&self, domain: &str) -> DnsFuture<'_, MxAnswer>;
     /// IPv4 and IPv6 addresses of `host`; empty when it has none.
     fn addresses(&self, host: &str) -> DnsFuture<'_, Vec<IpAddr>>;
+    /// The TXT records at `name`, each one's character-strings joined (RFC 7208
+    /// §3.3, RFC 6376 §3.6.2.2); empty when there are none.
+    fn txt(&self, name: &str) -> DnsFuture<'_, Vec<String>>;
 }

@@ -123,11 +123,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 source: "smtp",
             },
             submission: self.conn.mode != ListenerMode::Relay || self.user.is_some(),
+            may_relay: self.may_relay(),
         };
         match self.ctx.acceptor.accept(submission).await {
             Ok(id) => Reply::queued(id.as_str()),
             Err(AcceptError::NotAuthorized) => Reply::sender_not_authorized(),
             Err(AcceptError::Nul) => Reply::nul_in_data(),
+            Err(AcceptError::Signing(e)) => {
+                tracing::error!(error = %e, peer = %self.conn.peer, "cannot DKIM-sign; answered 4xx");
+                Reply::local_error()
+            }
             Err(AcceptError::Store(e)) => {
                 tracing::error!(error = %e, peer = %self.conn.peer, "cannot store message; answered 4xx");
                 match e {

@@ -120,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
 
     /// SPEC §1: authenticated users relay anywhere; unauthenticated clients only on a
     /// `relay` listener from a trusted network.
-    fn may_relay(&self) -> bool {
+    pub(super) fn may_relay(&self) -> bool {
         self.user.is_some()
             || (self.conn.mode == ListenerMode::Relay
                 && self

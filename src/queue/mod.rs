@@ -26,7 +26,10 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::outbound::TlsClient;
-use crate::store::{DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, Store};
+use crate::store::{
+    DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
+    RecipientUpdate, Store,
+};
 use destinations::Destinations;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -70,6 +73,16 @@ impl HeldMessage {
             })
             .await
             .cloned()
+    }
+}
+
+impl HeldMessage {
+    /// The domain the message is sent from, whose suppression list applies: the
+    /// envelope sender's domain, lower case; empty for the null sender (bounces).
+    pub fn sending_domain(&self) -> String {
+        self.mail_from
+            .rsplit_once('@')
+            .map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
     }
 }
 
@@ -214,8 +227,11 @@ impl Engine {
         message
     }
 
-    /// Splits a message's recipients by domain into jobs and queues them.
+    /// Splits a message's recipients by domain into jobs and queues them. Recipients
+    /// on the sending domain's suppression list are not sent to: they are recorded
+    /// as `suppressed` with the reason (SPEC §5.4), so the sender sees the event.
     async fn dispatch(self: &Arc<Self>, message: Arc<HeldMessage>, recipients: Vec<DueRecipient>) {
+        let recipients = self.drop_suppressed(&message, recipients).await;
         let mut by_domain: Vec<(String, Vec<DueRecipient>)> = Vec::new();
         for r in recipients {
             let domain = r
@@ -265,6 +281,46 @@ impl Engine {
             }
             _ => format!("domain:{domain}"),
         }
+    }
+
+    /// Records the suppressed recipients as such and returns the others.
+    async fn drop_suppressed(
+        &self,
+        message: &HeldMessage,
+        recipients: Vec<DueRecipient>,
+    ) -> Vec<DueRecipient> {
+        let domain = message.sending_domain();
+        if domain.is_empty() {
+            return recipients;
+        }
+        let mut send = Vec::with_capacity(recipients.len());
+        let mut suppressed = Vec::new();
+        for r in recipients {
+            match self.store.suppression(&domain, &r.address).await {
+                Ok(Some(s)) => suppressed.push(RecipientUpdate {
+                    idx: r.idx,
+                    status: RecipientStatus::Suppressed,
+                    next_attempt: 0,
+                    reply: format!(
+                        "not sent: <{}> is on the suppression list of {domain} ({})",
+                        r.address, s.reason
+                    ),
+                    class: None,
+                    attempted: false,
+                }),
+                Ok(None) => send.push(r),
+                // Unknown is not suppressed: the list protects reputation, losing mail is worse.
+                Err(e) => {
+                    tracing::error!(queue_id = %message.id, error = %e, "cannot read the suppression list; sending");
+                    send.push(r);
+                }
+            }
+        }
+        if !suppressed.is_empty() {
+            tracing::info!(queue_id = %message.id, %domain, count = suppressed.len(), "suppressed recipients not sent");
+            self.commit(message, suppressed).await;
+        }
+        send
     }
 
     async fn scan_loop(self: Arc<Self>) {

@@ -1,11 +1,11 @@
 //! A delivery worker: takes jobs from one destination's ready queue, sends them over
 //! one reused connection, and records each recipient's outcome.
 
-use super::{Engine, Job, now_ms, retry};
-use crate::bounce::means_slow_down;
+use super::{Engine, HeldMessage, Job, now_ms, retry};
+use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
-use crate::store::{RecipientStatus, RecipientUpdate};
+use crate::store::{RecipientStatus, RecipientUpdate, Suppression};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,7 +158,8 @@ impl Engine {
     }
 
     /// Records one reply per recipient of `job`; finishes the message when it is
-    /// the last outcome it was waiting for.
+    /// the last outcome it was waiting for. A permanent failure that says the
+    /// address is bad suppresses it for the message's sending domain.
     pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
         let now = now_ms();
         let delivery = &self.config.delivery;
@@ -169,14 +170,20 @@ impl Engine {
                 (vec![reply; job.recipients.len()], false, Some(now + wait))
             }
         };
+        let mut suppress = Vec::new();
         let updates = job
             .recipients
             .iter()
             .zip(replies)
             .map(|(recipient, reply)| {
+                let class = (!reply.is_positive())
+                    .then(|| classify(reply.code, reply.enhanced, &reply.text));
                 let (status, next_attempt, text) = if reply.is_positive() {
                     (RecipientStatus::Delivered, 0, reply.to_string())
                 } else if reply.is_permanent() {
+                    if class.is_some_and(|c| c.suppresses()) {
+                        suppress.push((recipient.address.clone(), reply.to_string()));
+                    }
                     (RecipientStatus::Bounced, 0, reply.to_string())
                 } else if retry::expired(job.message.received_at, delivery.max_age, now) {
                     let text = format!("{} 4.4.7 Delivery time expired; last error: {reply}", reply.code);
@@ -199,21 +206,47 @@ impl Engine {
                     status,
                     next_attempt,
                     reply: text,
-                    class: None,
+                    class: class.map(|c| c.as_str().to_string()),
                     attempted,
                 }
             })
             .collect();
-        match self.store.record_attempt(&job.message.id, updates).await {
+        self.commit(&job.message, updates).await;
+        let domain = job.message.sending_domain();
+        if domain.is_empty() {
+            return;
+        }
+        for (address, reply) in suppress {
+            let suppression = Suppression {
+                domain: domain.to_string(),
+                address: address.clone(),
+                reason: format!("bounce: {reply}"),
+                created_at: now,
+            };
+            match self.store.add_suppression(suppression).await {
+                Ok(_) => {
+                    tracing::info!(%domain, rcpt = %address, "address suppressed after a permanent bounce")
+                }
+                Err(e) => {
+                    tracing::error!(%domain, rcpt = %address, error = %e, "cannot add suppression")
+                }
+            }
+        }
+    }
+
+    /// Writes recipient outcomes of `message`; sends the bounce report and drops the
+    /// content when they were the last ones pending.
+    pub(super) async fn commit(&self, message: &HeldMessage, updates: Vec<RecipientUpdate>) {
+        match self.store.record_attempt(&message.id, updates).await {
             Ok(Some(summary)) if summary.needs_bounce_report() => {
-                let content = job.message.content(self.store.as_ref()).await.ok();
+                let content = message.content(self.store.as_ref()).await.ok();
                 self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
                     .await;
             }
             Ok(_) => {}
             // The claim lease runs out and the recipients are tried again: at least once.
             Err(e) => {
-                tracing::error!(queue_id = %job.message.id, error = %e, "cannot record delivery outcome")
+                tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome")
             }
         }
     }

@@ -120,6 +120,13 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreFuture<'_, Vec<Suppression>>;
 
+    /// Registers a sending domain with its keys; `Conflict` if it exists.
+    fn add_domain(&self, domain: SendingDomain) -> StoreFuture<'_, ()>;
+    /// Every registered sending domain with its keys, by name.
+    fn domains(&self) -> StoreFuture<'_, Vec<SendingDomain>>;
+    /// False if there was no such domain.
+    fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool>;
+
     fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
     fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>>;
     fn users(&self) -> StoreFuture<'_, Vec<UserRecord>>;

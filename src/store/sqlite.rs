@@ -99,6 +99,18 @@ CREATE TABLE IF NOT EXISTS control (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sending_domains (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dkim_keys (
+    domain TEXT NOT NULL REFERENCES sending_domains(name) ON DELETE CASCADE,
+    selector TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    private_key BLOB NOT NULL,
+    public_key BLOB NOT NULL,
+    PRIMARY KEY (domain, selector)
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -787,6 +799,72 @@ impl Store for SqliteStore {
                 row_to_suppression,
             )?
             .collect()
+        }))
+    }
+
+    fn add_domain(&self, domain: SendingDomain) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            let name = domain.name.to_ascii_lowercase();
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO sending_domains (name, created_at) VALUES (?1, ?2)",
+                    params![name, domain.created_at],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!("domain {name:?}")));
+            }
+            for key in &domain.keys {
+                conn.execute(
+                    "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, key.selector, key.algorithm.as_str(), key.private_key, key.public_key],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn domains(&self) -> StoreFuture<'_, Vec<SendingDomain>> {
+        Box::pin(self.read(|conn| {
+            let mut domains: Vec<SendingDomain> = conn
+                .prepare_cached("SELECT name, created_at FROM sending_domains ORDER BY name")?
+                .query_map([], |row| {
+                    Ok(SendingDomain {
+                        name: row.get(0)?,
+                        created_at: row.get(1)?,
+                        keys: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut keys = conn.prepare_cached(
+                "SELECT selector, algorithm, private_key, public_key FROM dkim_keys WHERE domain = ?1 ORDER BY algorithm DESC, selector",
+            )?;
+            for domain in &mut domains {
+                domain.keys = keys
+                    .query_map([&domain.name], |row| {
+                        let algorithm: String = row.get(1)?;
+                        Ok(DkimKeyRecord {
+                            selector: row.get(0)?,
+                            // Only this code writes the column.
+                            algorithm: DkimAlgorithm::parse(&algorithm)
+                                .unwrap_or(DkimAlgorithm::Rsa),
+                            private_key: row.get(2)?,
+                            public_key: row.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(domains)
+        }))
+    }
+
+    fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool> {
+        let name = name.to_ascii_lowercase();
+        Box::pin(self.write(move |conn| {
+            conn.execute("DELETE FROM sending_domains WHERE name = ?1", [name])
+                .map(|n| n > 0)
+                .map_err(backend)
         }))
     }
 

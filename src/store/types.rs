@@ -272,3 +272,60 @@ pub struct Suppression {
     /// Unix milliseconds.
     pub created_at: i64,
 }
+
+/// A DKIM signing key of a sending domain. The private key never leaves the store
+/// except to sign; nothing prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DkimKeyRecord {
+    /// The selector: `<selector>._domainkey.<domain>` publishes the public key.
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    /// PKCS#1 DER (RSA) or PKCS#8 DER (Ed25519).
+    pub private_key: Vec<u8>,
+    /// The `p=` value's bytes: SubjectPublicKeyInfo DER (RSA) or the raw 32-byte key (Ed25519).
+    pub public_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for DkimKeyRecord {
+    // Keeps the private key out of logs and panic messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DkimKeyRecord")
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    Rsa,
+    Ed25519,
+}
+
+impl DkimAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Rsa => "rsa",
+            DkimAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DkimAlgorithm> {
+        match s {
+            "rsa" => Some(DkimAlgorithm::Rsa),
+            "ed25519" => Some(DkimAlgorithm::Ed25519),
+            _ => None,
+        }
+    }
+}
+
+/// A registered sending domain and its DKIM keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendingDomain {
+    /// Lower case.
+    pub name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub keys: Vec<DkimKeyRecord>,
+}
