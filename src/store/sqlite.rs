@@ -127,9 +127,12 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Box<dyn Job>>,
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
+    /// Bounds the read connections: readers beyond it wait for one instead of
+    /// opening (and parsing the schema for) a connection of their own.
+    reader_slots: tokio::sync::Semaphore,
 }
 
-const MAX_IDLE_READERS: usize = 8;
+const MAX_READERS: usize = 16;
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/outpost.db` and starts the writer thread.
@@ -160,6 +163,7 @@ impl SqliteStore {
             jobs,
             path,
             readers: Mutex::new(Vec::new()),
+            reader_slots: tokio::sync::Semaphore::new(MAX_READERS),
         }))
     }
 
@@ -181,6 +185,11 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> StoreResult<R> {
+        let _slot = self
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("store is closed".into()))?;
         let conn = match self.readers.lock().expect("reader pool lock").pop() {
             Some(conn) => conn,
             None => Connection::open_with_flags(
@@ -195,10 +204,7 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?;
-        let mut idle = self.readers.lock().expect("reader pool lock");
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
+        self.readers.lock().expect("reader pool lock").push(conn);
         result.map_err(backend)
     }
 }
