@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 8 * 1024;
 /// How long closing may take (the last replies and the TLS close_notify).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -97,7 +97,7 @@ async fn handle_connection(
     if mode == ListenerMode::Submissions {
         // RFC 8314: TLS from the first byte.
         if let Some((tls_stream, conn)) = handshake(&ctx, stream, conn).await {
-            run(&ctx, tls_stream, conn, true).await;
+            Box::pin(run(&ctx, tls_stream, conn, true)).await;
         }
         return;
     }
@@ -105,7 +105,8 @@ async fn handle_connection(
         && let Some((tls_stream, conn)) = handshake(&ctx, stream, conn).await
     {
         // RFC 3207 §4.2: the session starts over; no greeting is sent.
-        run(&ctx, tls_stream, conn, false).await;
+        // Boxed: a plaintext session's task need not hold room for a TLS one.
+        Box::pin(run(&ctx, tls_stream, conn, false)).await;
     }
 }
 

@@ -98,7 +98,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                     return SessionEnd::Closed;
                 }
             };
-            match self.dispatch(&line).await {
+            // Boxed so that an idle session holds only the small read-loop state,
+            // not room for the largest command handler (AUTH, DATA, BDAT).
+            match Box::pin(self.dispatch(&line)).await {
                 Ok(Next::Continue) => {}
                 Ok(Next::Close) => break,
                 Ok(Next::StartTls) => {
