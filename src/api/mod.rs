@@ -27,7 +27,7 @@ pub use compose::{Compose, Personalized, Recipient, SendRequest};
 pub use events::EventView;
 
 use crate::accept::Acceptor;
-use crate::auth::{AuthThrottle, AuthenticatedUser, password};
+use crate::auth::{AuthThrottle, AuthenticatedUser};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -50,8 +50,7 @@ pub struct ApiContext {
     pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeKey>,
     /// Failed logins per client IP, with the limits of `[auth]` (as for SMTP AUTH).
     throttle: AuthThrottle,
-    /// Verified when a user does not exist, so the time taken does not reveal names.
-    dummy_password_hash: String,
+    credentials: crate::auth::CredentialChecker,
 }
 
 impl ApiContext {
@@ -65,8 +64,8 @@ impl ApiContext {
             store: acceptor.store.clone(),
             metrics: acceptor.metrics.clone(),
             unsubscribe: acceptor.unsubscribe.clone(),
+            credentials: crate::auth::CredentialChecker::new(acceptor.store.clone()),
             acceptor,
-            dummy_password_hash: password::hash(&password::generate()),
         }
     }
 }
@@ -245,19 +244,12 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(basic_credentials)
             .ok_or(ApiError::Unauthorized)?;
-        let record = ctx.store.user(&name).await?;
-        let hash = record
-            .as_ref()
-            .map_or(ctx.dummy_password_hash.clone(), |r| r.password_hash.clone());
-        let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-            .await
-            .unwrap_or(false);
-        match (record.filter(|_| matches), ip) {
+        match (ctx.credentials.check(&name, &password).await?, ip) {
             (Some(user), ip) => {
                 if let Some(ip) = ip {
                     ctx.throttle.record_success(ip);
                 }
-                Ok(Caller(user.into()))
+                Ok(Caller(user))
             }
             (None, ip) => {
                 tracing::warn!(user = %name, ?ip, "HTTP API: authentication failed");

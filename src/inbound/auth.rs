@@ -2,8 +2,8 @@
 
 use super::io::{IoEnd, Line};
 use super::session::{Next, Session};
+use crate::auth::AuthenticatedUser;
 use crate::auth::sasl::{self, Credentials};
-use crate::auth::{AuthenticatedUser, password};
 use crate::smtp::Reply;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -133,22 +133,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     }
 
     async fn verify(&self, credentials: &Credentials) -> Option<AuthenticatedUser> {
-        let record = match self.ctx.store.user(&credentials.username).await {
-            Ok(record) => record,
-            Err(e) => {
+        self.ctx
+            .credentials
+            .check(&credentials.username, &credentials.password)
+            .await
+            .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot look up user");
                 None
-            }
-        };
-        let hash = record
-            .as_ref()
-            .map_or(self.ctx.dummy_password_hash.clone(), |r| {
-                r.password_hash.clone()
-            });
-        let password = credentials.password.clone();
-        let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-            .await
-            .unwrap_or(false);
-        record.filter(|_| matches).map(AuthenticatedUser::from)
+            })
     }
 }

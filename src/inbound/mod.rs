@@ -41,9 +41,7 @@ pub struct InboundContext {
     /// The shared acceptance path (checks, added headers, commit, hand-off to the
     /// queue).
     pub acceptor: Acceptor,
-    /// An argon2 hash verified when a user does not exist, so that the reply time
-    /// does not reveal which user names are valid.
-    pub dummy_password_hash: String,
+    pub credentials: crate::auth::CredentialChecker,
 }
 
 impl InboundContext {
@@ -54,6 +52,7 @@ impl InboundContext {
         acceptor: Acceptor,
     ) -> InboundContext {
         InboundContext {
+            credentials: crate::auth::CredentialChecker::new(store.clone()),
             throttle: AuthThrottle::new(config.auth.max_failures, config.auth.lockout.get()),
             connections: ConnectionLimiter::new(
                 config.limits.max_connections,
@@ -63,7 +62,6 @@ impl InboundContext {
             store,
             tls,
             acceptor,
-            dummy_password_hash: crate::auth::password::hash(&crate::auth::password::generate()),
         }
     }
 }
