@@ -9,13 +9,13 @@
 
 #[path = "fakes/mod.rs"]
 mod fakes;
+#[path = "server_process/mod.rs"]
+mod server_process;
 
 use fakes::sink::SmtpSink;
+use server_process::Process as Outpost;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,76 +23,9 @@ use tokio::sync::watch;
 
 const ROUNDS: usize = 20;
 const SENDERS: usize = 4;
-const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 const ROUND_DEADLINE: Duration = Duration::from_secs(10);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `outpost serve` as a child process; SIGKILLed when dropped.
-struct Outpost {
-    child: Child,
-    addr: String,
-}
-
-impl Outpost {
-    fn start(config: &Path) -> Outpost {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("OUTPOST_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn outpost serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        // Reads stderr to its end so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        let mut log = Vec::new();
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening addr=").nth(1) {
-                        let addr = rest.split(' ').next().unwrap_or_default().to_string();
-                        // Keep draining stderr in the background.
-                        std::thread::spawn(move || while rx.recv().is_ok() {});
-                        return Outpost { child, addr };
-                    }
-                    log.push(line);
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("serve did not start ({e:?}):\n{}", log.join("\n"));
-                }
-            }
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-    }
-}
-
-impl Drop for Outpost {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 type IoResult<T> = Result<T, String>;
 
@@ -103,7 +36,7 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: &str) -> IoResult<Client> {
+    async fn connect(addr: std::net::SocketAddr) -> IoResult<Client> {
         let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out")?
@@ -163,13 +96,13 @@ impl Client {
 
 /// Sends until the connection breaks (the kill); records every acknowledged marker.
 async fn sender(
-    addr: String,
+    addr: std::net::SocketAddr,
     round: usize,
     id: usize,
     acked: Arc<Mutex<HashSet<String>>>,
     count: Arc<watch::Sender<usize>>,
 ) {
-    let Ok(mut client) = Client::connect(&addr).await else {
+    let Ok(mut client) = Client::connect(addr).await else {
         return;
     };
     for seq in 0..100_000 {
@@ -225,7 +158,7 @@ async fn kill_9_under_load_with_delivery_loses_no_acknowledged_message() {
         let mut senders = tokio::task::JoinSet::new();
         for id in 0..SENDERS {
             senders.spawn(sender(
-                server.addr.clone(),
+                server.addr,
                 round,
                 id,
                 acked.clone(),
