@@ -284,6 +284,11 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Runs one statement; true when it changed a row.
+fn changes_rows<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> StoreResult<bool> {
+    conn.execute(sql, params).map(|n| n > 0).map_err(backend)
+}
+
 fn load_summaries(
     conn: &Connection,
     where_sql: &str,
@@ -576,11 +581,9 @@ impl Store for SqliteStore {
 
     fn delete_message(&self, id: &QueueId) -> StoreFuture<'_, bool> {
         let id = id.to_string();
-        Box::pin(self.write(move |conn| {
-            conn.execute("DELETE FROM messages WHERE id = ?1", [id])
-                .map(|n| n > 0)
-                .map_err(backend)
-        }))
+        Box::pin(
+            self.write(move |conn| changes_rows(conn, "DELETE FROM messages WHERE id = ?1", [id])),
+        )
     }
 
     fn claim_due(
@@ -749,7 +752,7 @@ impl Store for SqliteStore {
 
     fn add_suppression(&self, suppression: Suppression) -> StoreFuture<'_, bool> {
         Box::pin(self.write(move |conn| {
-            conn.execute(
+            changes_rows(conn,
                 "INSERT OR IGNORE INTO suppressions (domain, address, reason, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     suppression.domain.to_lowercase(),
@@ -758,20 +761,17 @@ impl Store for SqliteStore {
                     suppression.created_at
                 ],
             )
-            .map(|n| n > 0)
-            .map_err(backend)
         }))
     }
 
     fn remove_suppression(&self, domain: &str, address: &str) -> StoreFuture<'_, bool> {
         let (domain, address) = (domain.to_lowercase(), address.to_lowercase());
         Box::pin(self.write(move |conn| {
-            conn.execute(
+            changes_rows(
+                conn,
                 "DELETE FROM suppressions WHERE domain = ?1 AND address = ?2",
                 [domain, address],
             )
-            .map(|n| n > 0)
-            .map_err(backend)
         }))
     }
 
@@ -868,9 +868,7 @@ impl Store for SqliteStore {
     fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool> {
         let name = name.to_ascii_lowercase();
         Box::pin(self.write(move |conn| {
-            conn.execute("DELETE FROM sending_domains WHERE name = ?1", [name])
-                .map(|n| n > 0)
-                .map_err(backend)
+            changes_rows(conn, "DELETE FROM sending_domains WHERE name = ?1", [name])
         }))
     }
 
@@ -922,22 +920,19 @@ impl Store for SqliteStore {
 
     fn remove_user(&self, name: &str) -> StoreFuture<'_, bool> {
         let name = name.to_string();
-        Box::pin(self.write(move |conn| {
-            conn.execute("DELETE FROM users WHERE name = ?1", [name])
-                .map(|n| n > 0)
-                .map_err(backend)
-        }))
+        Box::pin(
+            self.write(move |conn| changes_rows(conn, "DELETE FROM users WHERE name = ?1", [name])),
+        )
     }
 
     fn set_password(&self, name: &str, password_hash: &str) -> StoreFuture<'_, bool> {
         let (name, hash) = (name.to_string(), password_hash.to_string());
         Box::pin(self.write(move |conn| {
-            conn.execute(
+            changes_rows(
+                conn,
                 "UPDATE users SET password_hash = ?2 WHERE name = ?1",
                 [name, hash],
             )
-            .map(|n| n > 0)
-            .map_err(backend)
         }))
     }
 }
