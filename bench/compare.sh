@@ -3,15 +3,19 @@
 #
 # Usage: bench/compare.sh [SCENARIO ...]
 #   SCENARIO: s20_10k (20 sessions, 20000 msgs, 10240 B)   s100_10k (100 sessions)
-#             s20_1k (1024 B)   s20_100k (5000 msgs of 102400 B)
+#             s20_1k, s100_1k (1024 B)   s20_100k, s100_100k (5000 msgs of 102400 B)
 #             conn1 / s20_10k_conn1 (as s20_10k, PER_CONN=1: a new connection per message)
-#             or a custom NAME:SESSIONS:MESSAGES:SIZE:PER_CONN (PER_CONN = all | 1)
+#             any of these + "_dkim" (s20_10k_dkim, ...): both relays sign with DKIM
+#             (RSA-2048; Postfix through OpenDKIM, see lib.sh relay_start)
+#             or a custom NAME:SESSIONS:MESSAGES:SIZE:PER_CONN[:dkim] (PER_CONN = all | 1)
 #   default: s20_10k s100_10k  (or $SCENARIOS)
 #
 # For every scenario, REPS times: Postfix run, then Outpost run. Each run is one
 # ../shared/bench/relay-bench.sh against 127.0.0.1:2525 with the sink on 2526.
 #   Postfix: postfix-setup.sh (fresh start, queue emptied first) ... postfix-setup.sh stop
 #   Outpost: fresh data dir, `outpost serve` (RUST_LOG=warn) ... SIGINT and wait
+# A DKIM scenario first sends one message through the relay to a dumping sink and
+# stops unless it arrives signed.
 # Every run is one CSV line in bench/results/<date>-compare.csv; a summary of medians
 # and Outpost/Postfix ratios is printed at the end.
 #
@@ -31,9 +35,7 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SHARED_BENCH="${SHARED_BENCH:-$(cd "$(dirname "$0")/../../shared/bench" 2>/dev/null && pwd)}"
 RELAY_BENCH="$SHARED_BENCH/relay-bench.sh"
-POSTFIX_SETUP="$SHARED_BENCH/postfix-setup.sh"
 REPS="${REPS:-3}"
 PAUSE="${PAUSE:-3}"
 RELAYS="${RELAYS:-postfix outpost}"
@@ -43,14 +45,19 @@ RESULTS_CSV="${RESULTS_CSV:-$BENCH_DIR/results/$(date +%Y-%m-%d)-compare.csv}"
 WORKDIR="${WORKDIR:-$(mktemp -d /tmp/outpost-compare.XXXXXX)}"
 export DELIVERY_TIMEOUT="${DELIVERY_TIMEOUT:-300}"
 
-scenario_spec() {  # NAME -> NAME:SESSIONS:MESSAGES:SIZE:PER_CONN
-    case "$1" in
-        s20_10k) echo "s20_10k:20:20000:10240:all" ;;
-        s100_10k) echo "s100_10k:100:20000:10240:all" ;;
-        s20_1k) echo "s20_1k:20:20000:1024:all" ;;
-        s20_100k) echo "s20_100k:20:5000:102400:all" ;;
-        conn1|s20_10k_conn1) echo "s20_10k_conn1:20:20000:10240:1" ;;
-        *:*:*:*:*) echo "$1" ;;
+scenario_spec() {  # NAME -> NAME:SESSIONS:MESSAGES:SIZE:PER_CONN:OPTIONS
+    local base=$1 opts=""
+    [[ $1 != *:* && $1 == *_dkim ]] && { base=${1%_dkim}; opts=dkim; }
+    case "$base" in
+        s20_10k) echo "$1:20:20000:10240:all:$opts" ;;
+        s100_10k) echo "$1:100:20000:10240:all:$opts" ;;
+        s20_1k) echo "$1:20:20000:1024:all:$opts" ;;
+        s100_1k) echo "$1:100:20000:1024:all:$opts" ;;
+        s20_100k) echo "$1:20:5000:102400:all:$opts" ;;
+        s100_100k) echo "$1:100:5000:102400:all:$opts" ;;
+        conn1|s20_10k_conn1) echo "s20_10k_conn1${opts:+_dkim}:20:20000:10240:1:$opts" ;;
+        *:*:*:*:*:*) echo "$1" ;;
+        *:*:*:*:*) echo "$1:" ;;
         *) return 1 ;;
     esac
 }
@@ -68,58 +75,42 @@ for s in "${@:-${SCENARIOS:-s20_10k s100_10k}}"; do
 done
 for r in $RELAYS; do [[ $r == postfix || $r == outpost ]] || die "RELAYS: unknown relay '$r'"; done
 if [[ " $RELAYS " == *" outpost "* ]]; then build_outpost; fi
-if [[ " $RELAYS " == *" postfix "* ]]; then command -v postfix >/dev/null || die "postfix is not installed"; fi
+if [[ " $RELAYS " == *" postfix "* ]]; then
+    command -v postfix >/dev/null || die "postfix is not installed"
+    [[ " ${specs[*]} " == *:dkim\ * ]] && { command -v opendkim >/dev/null ||
+        die "DKIM scenarios need OpenDKIM for Postfix: apt-get install opendkim opendkim-tools"; }
+fi
 postfix status >/dev/null 2>&1 && die "Postfix is already running (someone else's benchmark?); stop it with '$POSTFIX_SETUP stop'"
 for p in $PORT $SINK_PORT; do port_listening $p && die "port $p is in use: $(ss -Hltnp "sport = :$p" | head -1)"; done
 mkdir -p "$(dirname "$RESULTS_CSV")" "$WORKDIR"
 REV=$(outpost_rev)
 
 # ---------------------------------------------------------------- cleanup
-BENCH_PID=""; POSTFIX_UP=0
+BENCH_PID=""
 cleanup() {
     trap - EXIT INT TERM
     [[ -n "$BENCH_PID" ]] && { kill -TERM "$BENCH_PID" 2>/dev/null; wait "$BENCH_PID" 2>/dev/null; }
-    stop_outpost
-    if [[ $POSTFIX_UP == 1 ]]; then   # interrupted during a Postfix run: stop it, drop its queue
-        "$POSTFIX_SETUP" stop >/dev/null 2>&1; postsuper -d ALL >/dev/null 2>&1
-    fi
-    POSTFIX_UP=0
+    relay_cleanup
 }
 trap cleanup EXIT
 trap 'echo "compare: interrupted" >&2; exit 130' INT TERM
 
 # ---------------------------------------------------------------- one run
-postfix_cpu_s() {  # cumulative CPU of the Postfix master tree (live processes + reaped children)
-    local m tck; m=$(tr -d ' ' < /var/spool/postfix/pid/master.pid 2>/dev/null) || { echo 0; return; }
-    tck=$(getconf CLK_TCK)
-    { cat "/proc/$m/stat"; for p in $(pgrep -P "$m"); do cat "/proc/$p/stat" 2>/dev/null; done; } 2>/dev/null |
-        awk -v t="$tck" '{ sub(/^.*\) /, ""); s += $12 + $13; if (NR == 1) s += $14 + $15 } END { printf "%.2f", s / t }'
-}
-postfix_queue_len() { find /var/spool/postfix/{incoming,active,deferred,maildrop,hold} -type f 2>/dev/null | wc -l; }
-
-# run_one RELAY NAME REP SESSIONS MESSAGES SIZE PER_CONN
+# run_one RELAY NAME REP SESSIONS MESSAGES SIZE PER_CONN OPTIONS
 run_one() {
-    local relay=$1 name=$2 rep=$3 s=$4 m=$5 z=$6 pc=$7
+    local relay=$1 name=$2 rep=$3 s=$4 m=$5 z=$6 pc=$7 opts=$8
     local label="${relay}_${name}_$rep" dir="$WORKDIR/${relay}_${name}_$rep"
-    local load cpu0=0 cpu1=0 hwm="" deferred="" rc extra_err=""
+    local load rc dkim=0
+    [[ $opts == *dkim* ]] && dkim=1
     mkdir -p "$dir"
     wait_port_free $PORT 30 || die "port $PORT still in use before $label"
     wait_port_free $SINK_PORT 30 || die "port $SINK_PORT still in use before $label"
     read -r load _ < /proc/loadavg
 
-    if [[ $relay == postfix ]]; then
-        postsuper -d ALL >/dev/null 2>&1     # no mail left over from an earlier run
-        mkdir -p /tmp/postfix-bench && : > /tmp/postfix-bench/maillog
-        "$POSTFIX_SETUP" "127.0.0.1:$PORT" "$SINK_PORT" > "$dir/postfix-setup.log" 2>&1 ||
-            { cat "$dir/postfix-setup.log" >&2; die "postfix-setup.sh failed"; }
-        POSTFIX_UP=1
-        local end; end=$(calc "%.3f" "$(now) + 30")
-        until tcp_connects $PORT; do later_than "$(now)" "$end" && die "Postfix does not listen on $PORT"; sleep 0.1; done
-        cpu0=$(postfix_cpu_s)
-    else
-        write_outpost_config "$dir/outpost.toml" "$dir/data" $PORT $SINK_PORT
-        start_outpost "$dir/outpost.toml" "$dir/outpost.log" $PORT || die "Outpost did not start"
-        cpu0=$(proc_cpu_s "$OUTPOST_PID")
+    DKIM=$dkim relay_start "$relay" "$dir" $PORT $SINK_PORT
+    if [[ $dkim == 1 ]]; then
+        check_signed $PORT $SINK_PORT "$dir"
+        wait_port_free $SINK_PORT 30 || die "port $SINK_PORT still in use after the signing check"
     fi
 
     log "$label: $s sessions, $m msgs, $z B, per_conn=$pc (load $load)"
@@ -130,31 +121,10 @@ run_one() {
     sed -n '/^injection/,/^cpu/p' "$dir/relay-bench.out" | sed 's/^/    /'
     grep -E '^relay-bench: (DELIVERY|smtp-source|port|smtp-sink)' "$dir/relay-bench.out" | sed 's/^/    /'
 
-    if [[ $relay == postfix ]]; then
-        cpu1=$(postfix_cpu_s)
-        deferred=$(grep -c 'status=deferred' /tmp/postfix-bench/maillog 2>/dev/null)
-        gzip -c /tmp/postfix-bench/maillog > "$dir/maillog.gz" 2>/dev/null
-        local q; q=$(postfix_queue_len)
-        [[ $q -ne 0 ]] && extra_err="postfix queue not empty: $q"
-        "$POSTFIX_SETUP" stop >/dev/null 2>&1; POSTFIX_UP=0
-    else
-        cpu1=$(proc_cpu_s "$OUTPOST_PID")
-        hwm=$(proc_kb "$OUTPOST_PID" VmHWM)
-        stop_outpost
-        [[ "$OUTPOST_RC" == 0 ]] || extra_err="outpost exit status $OUTPOST_RC"
-        if command -v sqlite3 >/dev/null && [[ -f "$dir/data/outpost.db" ]]; then
-            # recipients that needed more than one attempt or are not delivered
-            deferred=$(sqlite3 -readonly "$dir/data/outpost.db" \
-                "SELECT count(*) FROM recipients WHERE attempts > 1 OR status <> 'delivered'" 2>/dev/null)
-        fi
-        grep -qE ' (ERROR|WARN) ' "$dir/outpost.log" &&
-            grep -E ' (ERROR|WARN) ' "$dir/outpost.log" | grep -v 'self-signed certificate' | head -3 | sed 's/^/    outpost log: /'
-        [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$dir/data"
-    fi
-    [[ -n "$extra_err" ]] && echo "    WARNING: $extra_err"
+    relay_stop "$relay" "$dir"
+    [[ -n "$RELAY_ERR" ]] && echo "    WARNING: $RELAY_ERR"
 
-    local cpu accepted cpu_per_1k="" line header
-    cpu=$(calc "%.2f" "$cpu1 - $cpu0")
+    local cpu=$RELAY_CPU accepted cpu_per_1k="" line header
     line=$(tail -n +2 "$dir/run.csv" 2>/dev/null | tail -1)
     header=$(head -1 "$dir/run.csv" 2>/dev/null)
     if [[ -z "$line" ]]; then   # relay-bench died before writing its line
@@ -165,9 +135,9 @@ run_one() {
     [[ "$accepted" -gt 0 ]] && cpu_per_1k=$(calc "%.3f" "$cpu / $accepted * 1000")
     [[ -s "$RESULTS_CSV" ]] ||
         echo "run_id,relay,scenario,rep,$header,relay_cpu_s,cpu_s_per_1k_msgs,peak_rss_kb,retried_or_undelivered,loadavg1,outpost_rev,bench_rc,note" > "$RESULTS_CSV"
-    echo "$RUN_ID,$relay,$name,$rep,$line,$cpu,$cpu_per_1k,$hwm,$deferred,$load,$REV,$rc,$extra_err" >> "$RESULTS_CSV"
+    echo "$RUN_ID,$relay,$name,$rep,$line,$cpu,$cpu_per_1k,$RELAY_HWM,$RELAY_RETRIED,$load,$REV,$rc,$RELAY_ERR" >> "$RESULTS_CSV"
     echo "    rates: $(grep -E '^(accepted|delivered)_msgs_per_s=' "$dir/relay-bench.out" | tr '\n' ' ')" \
-        "| $relay cpu ${cpu}s (${cpu_per_1k:-?} s/1000 msgs)${hwm:+, peak RSS $((hwm / 1024)) MB} | rc=$rc"
+        "| $relay cpu ${cpu}s (${cpu_per_1k:-?} s/1000 msgs)${RELAY_HWM:+, peak RSS $((RELAY_HWM / 1024)) MB} | rc=$rc"
     sleep "$PAUSE"
 }
 
@@ -175,11 +145,11 @@ run_one() {
 log "compare run $RUN_ID: REPS=$REPS, relays: $RELAYS, outpost $REV, ${#specs[@]} scenario(s)"
 log "results: $RESULTS_CSV   logs: $WORKDIR"
 for spec in "${specs[@]}"; do
-    IFS=: read -r name s m z pc <<< "$spec"
-    log "== $name: sessions=$s messages=$m size=$z per_conn=$pc"
+    IFS=: read -r name s m z pc opts <<< "$spec"
+    log "== $name: sessions=$s messages=$m size=$z per_conn=$pc${opts:+ options=$opts}"
     for rep in $(seq 1 "$REPS"); do
         for relay in $RELAYS; do
-            run_one "$relay" "$name" "$rep" "$s" "$m" "$z" "$pc"
+            run_one "$relay" "$name" "$rep" "$s" "$m" "$z" "$pc" "$opts"
         done
     done
 done
