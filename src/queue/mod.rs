@@ -389,7 +389,11 @@ impl Engine {
                     }
                 },
             };
-            self.dispatch(message, recipients).await;
+            // Dispatching looks up the destination's MX, which for a domain whose DNS
+            // does not answer takes the resolver's whole timeout; awaiting it here
+            // would hold every other due message behind it.
+            let engine = self.clone();
+            tokio::spawn(async move { engine.dispatch(message, recipients).await });
         }
         more
     }
