@@ -4,6 +4,10 @@
 //! must reach the destination exactly once and none may bounce. The restarted
 //! server's time to listen and to make its first delivery are printed (not asserted:
 //! they depend on the machine), so a start-up that grows with the queue shows.
+//!
+//! Also: a bounce report the previous run owed (it stopped between recording the
+//! bounce and queuing the report) is sent once by the next run, which looks for such
+//! messages while it delivers the rest of the queue rather than before.
 
 mod common;
 #[path = "fakes/mod.rs"]
@@ -15,9 +19,12 @@ mod server_process;
 use common::{CLIENT_SENDER, Client, message};
 use fakes::sink::SmtpSink;
 use hardening::Routing;
-use outpost::store::{QueueId, RecipientStatus, SqliteStore, Store};
+use outpost::store::{
+    NewMessage, NewRecipient, QueueId, RecipientStatus, RecipientUpdate, SqliteStore, Store,
+};
 use server_process::Process;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Messages in the backlog.
@@ -163,4 +170,84 @@ async fn a_restart_delivers_a_deferred_backlog_exactly_once() {
         to_first.as_secs_f64(),
         to_all.as_secs_f64(),
     );
+}
+
+/// A message from [`CLIENT_SENDER`] to `rcpt`, due at once.
+fn stored_message(rcpt: &str) -> NewMessage {
+    let now = chrono::Utc::now().timestamp_millis();
+    NewMessage {
+        id: QueueId::generate(),
+        mail_from: CLIENT_SENDER.into(),
+        recipients: vec![NewRecipient {
+            address: rcpt.into(),
+            local: false,
+        }],
+        auth_user: None,
+        smtputf8: false,
+        content: Arc::new(message(CLIENT_SENDER, rcpt, "stored\r\n")),
+        received_at: now,
+        first_attempt_at: now,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_report_owed_by_the_previous_run_is_sent_once_beside_the_backlog() {
+    const PENDING: usize = 50;
+    let sink = SmtpSink::start_default().await;
+    let dir = tempfile::tempdir().expect("temporary data directory");
+    {
+        // What a run that stopped right after recording a bounce leaves: the
+        // recipient bounced, the content kept for the report, no report queued.
+        let store = SqliteStore::open(dir.path(), 1).expect("open the store");
+        let bounced = stored_message("gone@dest.example");
+        let id = bounced.id.clone();
+        store.enqueue(bounced).await.expect("enqueue");
+        let update = RecipientUpdate {
+            idx: 0,
+            status: RecipientStatus::Bounced,
+            next_attempt: 0,
+            reply: "550 5.1.1 No such user".into(),
+            class: None,
+            attempted: true,
+        };
+        let summary = store
+            .record_attempt(&id, vec![update])
+            .await
+            .expect("record");
+        assert!(summary.is_some_and(|s| s.needs_bounce_report()));
+        for n in 0..PENDING {
+            store
+                .enqueue(stored_message(&rcpt(n)))
+                .await
+                .expect("enqueue");
+        }
+    }
+    let server = hardening::start_in(dir, Routing::Route(sink.addr()), "retry = [\"1s\"]").await;
+    let received = sink.wait_for_messages(PENDING + 1, PHASE).await;
+    wait_until("every outcome recorded", || async {
+        server
+            .running
+            .store
+            .pending_recipients()
+            .await
+            .expect("count")
+            == 0
+    })
+    .await;
+    let received_now = sink.messages();
+    assert_eq!(
+        received_now.len(),
+        received.len(),
+        "more arrived: {received_now:?}"
+    );
+    let reports: Vec<_> = received.iter().filter(|m| m.mail_from.is_empty()).collect();
+    assert_eq!(reports.len(), 1, "bounce reports: {reports:?}");
+    assert_eq!(reports[0].rcpt_to, [CLIENT_SENDER]);
+    assert!(
+        reports[0].text().contains("gone@dest.example"),
+        "the report names the bounced recipient: {}",
+        reports[0].text()
+    );
+    let delivered: usize = received.iter().filter(|m| !m.mail_from.is_empty()).count();
+    assert_eq!(delivered, PENDING);
 }

@@ -34,7 +34,17 @@ pub async fn delivering_server(to: SocketAddr, delivery: &str) -> Server {
 
 /// Like [`delivering_server`], routed as `routing` says.
 pub async fn routed_server(routing: Routing, delivery: &str) -> Server {
-    let dir = tempfile::tempdir().expect("temporary data directory");
+    start_in(
+        tempfile::tempdir().expect("temporary data directory"),
+        routing,
+        delivery,
+    )
+    .await
+}
+
+/// Like [`routed_server`], on the data already in `dir` (e.g. a store prepared by
+/// the test).
+pub async fn start_in(dir: tempfile::TempDir, routing: Routing, delivery: &str) -> Server {
     let text = config_text(&dir.path().display().to_string(), routing, delivery);
     let config = Config::from_toml(&text).expect("test configuration is valid");
     let running = outpost::server::start(Arc::new(config))
