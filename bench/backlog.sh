@@ -32,7 +32,9 @@
 #   OUTPOST_BIN, BUILD=1   as in compare.sh
 #   WORKDIR=dir            data dir + logs (default: new /tmp/outpost-backlog.XXXXXX)
 #   KEEP_DATA=0            1: keep the store afterwards (N x ~1.5 KB and more)
-#   RESULTS_CSV=file       default <repo>/bench/results/<date>-backlog.csv (one line per run)
+#   RESULTS_CSV=file       default <repo>/bench/results/<date>-backlog.csv (one line per run;
+#                          restart mode adds the restarted server's time to listen and
+#                          to first delivery, restart_listen_s and restart_first_delivery_s)
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -166,11 +168,25 @@ echo "    $retry_out ($(calc "%.1f" "$(now) - $td0")s)"
 [[ $retry_rc -eq 0 ]] || die "queue retry --all failed (status $retry_rc)"
 
 base=$(sink_counter "$SINK_OUT")
+listen_s=""; first_s=""
 if [[ $DRAIN_MODE == restart ]]; then
+    # Start-up with the backlog in the store: time from exec to the relay port
+    # accepting connections, then to the first message at the sink.
+    tr0=$(now)
     start_outpost "$CFG" "$OLOG" "$PORT" || die "Outpost did not restart"
-    log "outpost restarted, listening $(calc "%.1f" "$(now) - $td0")s after retry --all began"
+    listen_s=$(calc "%.2f" "$(now) - $tr0")
 fi
 cpu_d0=$(proc_cpu_s "$OUTPOST_PID")
+if [[ $DRAIN_MODE == restart ]]; then
+    while (( $(sink_counter "$SINK_OUT") <= base )); do
+        (( $(remaining) > 0 )) || break
+        st=$(proc_state "$OUTPOST_PID"); [[ -z "$st" || "$st" == Z ]] && break
+        sleep 0.02
+    done
+    (( $(sink_counter "$SINK_OUT") > base )) && first_s=$(calc "%.2f" "$(now) - $tr0")
+    log "outpost restarted: listening after ${listen_s}s, first delivery after ${first_s:-(none)}s" \
+        "(start-up with $injected messages queued)"
+fi
 drain_rss_max=0; last=$td0; last_n=$base; got=$base; timed_out=0
 while (( got < injected )); do
     if (( $(remaining) <= 0 )); then timed_out=1; log "DEADLINE: the sink has $got of $injected"; break; fi
@@ -195,6 +211,9 @@ sleep 2   # let the last outcomes reach the store
 extra=$(( $(sink_counter "$SINK_OUT") - got ))
 end_store=$(store_bytes)
 states=$(queue_states)
+restart_line=""
+[[ $DRAIN_MODE == restart ]] &&
+    restart_line="restart   : listening after ${listen_s}s, first delivery after ${first_s:-(none)}s (from exec, with the backlog queued)"
 stop_outpost
 total_s=$(calc "%.0f" "$(now) - $T_START")
 
@@ -208,11 +227,21 @@ store     : $(mb "$inj_store") MB after injection ($((inj_disk / 1024)) MB on di
 drain     : $drained delivered in ${drain_s}s = $drain_rate msg/s (from queue retry --all$([[ $DRAIN_MODE == restart ]] && echo " + restart") to the last message at the sink)$( ((base > 0)) && echo "; $base were delivered before retry --all")$( ((extra > 0)) && echo "; $extra more after (duplicates?)")
             outpost cpu ${drain_cpu}s ($(calc "%.3f" "$drain_cpu / ($drained > 0 ? $drained : 1) * 1000") s/1000 msgs)
             RSS during drain: max sampled VmRSS $((drain_rss_max / 1024)) MB, VmHWM $((drain_hwm / 1024)) MB$([[ $DRAIN_MODE == live ]] && echo " (includes injection)")
-queue     : $states
+queue     : $states${restart_line:+
+$restart_line}
 total     : ${total_s}s$( ((timed_out)) && echo " (DEADLINE reached: incomplete)")
 EOF
 
-[[ -s "$RESULTS_CSV" ]] || echo "date,outpost_rev,n,size,sessions,drain_mode,injected,inject_s,inject_per_s,inject_cpu_s,inject_vmhwm_kb,store_bytes,store_disk_kb,drained,drain_s,drain_per_s,drain_cpu_s,drain_rss_max_kb,drain_vmhwm_kb,end_store_bytes,total_s,complete" > "$RESULTS_CSV"
-echo "$(date -Is),$(outpost_rev),$N,$SIZE,$SESSIONS,$DRAIN_MODE,$injected,$inj_s,$inj_rate,$inj_cpu,$inj_hwm,$inj_store,$inj_disk,$drained,$drain_s,$drain_rate,$drain_cpu,$drain_rss_max,$drain_hwm,$end_store,$total_s,$(( !timed_out && got >= injected && injected == N ))" >> "$RESULTS_CSV"
+header="date,outpost_rev,n,size,sessions,drain_mode,injected,inject_s,inject_per_s,inject_cpu_s,inject_vmhwm_kb,store_bytes,store_disk_kb,drained,drain_s,drain_per_s,drain_cpu_s,drain_rss_max_kb,drain_vmhwm_kb,end_store_bytes,total_s,complete,restart_listen_s,restart_first_delivery_s"
+if [[ ! -s "$RESULTS_CSV" ]]; then
+    echo "$header" > "$RESULTS_CSV"
+elif old=$(head -1 "$RESULTS_CSV"); [[ "$old" != "$header" && "$header" == "$old,"* ]]; then
+    # A file from before columns were added: give its rows empty values for them.
+    pad=$(( $(tr -cd , <<< "$header" | wc -c) - $(tr -cd , <<< "$old" | wc -c) ))
+    awk -v h="$header" -v pad="$pad" 'NR == 1 { print h; next }
+        { s = $0; for (i = 0; i < pad; i++) s = s ","; print s }' "$RESULTS_CSV" > "$RESULTS_CSV.tmp" &&
+        mv "$RESULTS_CSV.tmp" "$RESULTS_CSV"
+fi
+echo "$(date -Is),$(outpost_rev),$N,$SIZE,$SESSIONS,$DRAIN_MODE,$injected,$inj_s,$inj_rate,$inj_cpu,$inj_hwm,$inj_store,$inj_disk,$drained,$drain_s,$drain_rate,$drain_cpu,$drain_rss_max,$drain_hwm,$end_store,$total_s,$(( !timed_out && got >= injected && injected == N )),$listen_s,$first_s" >> "$RESULTS_CSV"
 echo "results: $RESULTS_CSV   logs: $WORKDIR"
 (( !timed_out && got >= injected && injected == N ))

@@ -292,3 +292,57 @@ async fn smart_host_with_auth_over_starttls() {
     relay.wait_statuses(&id, &[Delivered]).await;
     assert_eq!(with_marker(&sink.messages(), "smart-host").len(), 1);
 }
+
+/// An MX lookup that is never answered costs the resolver's timeouts (5 s, two
+/// attempts) before it fails. Retries for other domains must not queue up behind
+/// those lookups: here three messages for a domain whose DNS has gone silent are due
+/// before one for a healthy domain, and the healthy one is still delivered at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_whose_dns_never_answers_does_not_hold_up_other_domains() {
+    // The MX hosts' port; nothing listens there at first, so everything is deferred
+    // and later comes back through the queue's scanner, not straight from inbound.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dns = FakeDns::start(&format!("{}{}", mx_zone("slow.test"), mx_zone("fast.test"))).await;
+    let relay = Setup::new(&dns, port.port())
+        .delivery("retry = [\"1s\"]")
+        .start()
+        .await;
+    let mut slow = Vec::new();
+    for n in 0..3 {
+        let rcpt = format!("bob{n}@slow.test");
+        slow.push(
+            relay
+                .submit(SENDER, &[&rcpt], &mail(SENDER, &rcpt, "slow"))
+                .await,
+        );
+    }
+    let fast = relay
+        .submit(
+            SENDER,
+            &["bob@fast.test"],
+            &mail(SENDER, "bob@fast.test", "fast"),
+        )
+        .await;
+    for id in slow.iter().chain([&fast]) {
+        relay.wait_statuses(id, &[Deferred]).await;
+    }
+
+    dns.set_zone(&format!("slow.test TIMEOUT\n{}", mx_zone("fast.test")));
+    let sink = SmtpSink::builder().bind(port).start().await;
+    let start = std::time::Instant::now();
+    relay.wait_statuses(&fast, &[Delivered]).await;
+    let took = start.elapsed();
+    println!("fast.test delivered {took:?} after its destination came up");
+    // Well under one unanswered lookup (10 s): it did not wait for any of them.
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "fast.test waited {took:?}, behind slow.test's DNS timeouts"
+    );
+    assert!(with_marker(&sink.messages(), "slow").is_empty());
+    for id in &slow {
+        assert_eq!(relay.summary(id).await.recipients[0].status, Deferred);
+    }
+}

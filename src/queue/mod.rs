@@ -334,7 +334,13 @@ impl Engine {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot release old claims"),
         }
-        self.finish_leftovers().await;
+        // Finding what a previous run left unfinished reads every stored message, so
+        // it takes time in proportion to the queue: it runs beside delivery instead
+        // of delaying the first one.
+        tokio::spawn({
+            let engine = self.clone();
+            async move { engine.finish_leftovers().await }
+        });
         let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
         loop {
             // `outpost queue retry` runs in another process: its request lifts the
@@ -389,28 +395,46 @@ impl Engine {
                     }
                 },
             };
-            self.dispatch(message, recipients).await;
+            // Dispatching looks up the destination's MX, which for a domain whose DNS
+            // does not answer takes the resolver's whole timeout; awaiting it here
+            // would hold every other due message behind it.
+            let engine = self.clone();
+            tokio::spawn(async move { engine.dispatch(message, recipients).await });
         }
         more
     }
 
-    /// Sends the bounce reports a previous run owed but did not send.
+    /// Sends the bounce reports a previous run owed but did not send. Runs while
+    /// this run delivers, so it leaves alone what this run finishes itself: a message
+    /// still held by a job (its outcome is being recorded and finished), and one whose
+    /// content is gone since the list was read (finished meanwhile; a job lets go of
+    /// its message only after finishing it). Either would get a second report.
     async fn finish_leftovers(&self) {
-        match self.store.unfinalized(SCAN_BATCH).await {
-            Ok(list) => {
-                for summary in list {
-                    let content = self
-                        .store
-                        .message_content(&summary.id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(Arc::new);
-                    self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
-                        .await;
+        let list = match self.store.unfinalized(SCAN_BATCH).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished messages");
+                return;
+            }
+        };
+        for summary in list {
+            let held = self
+                .held
+                .lock()
+                .expect("held lock")
+                .get(&summary.id)
+                .and_then(Weak::upgrade)
+                .is_some();
+            if held {
+                continue;
+            }
+            match self.store.message_content(&summary.id).await {
+                Ok(Some(content)) => self.finish(&summary, Some(&content)).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(queue_id = %summary.id, error = %e, "cannot read an unfinished message; will retry at next start")
                 }
             }
-            Err(e) => tracing::error!(error = %e, "cannot list unfinished messages"),
         }
     }
 

@@ -13,16 +13,39 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Where a delivering server sends mail.
+#[derive(Clone, Copy, Debug)]
+pub enum Routing {
+    /// Everything to one host (a `*` route), no DNS involved.
+    Route(SocketAddr),
+    /// By MX, looked up at `nameserver`; every MX host is reached on `mx_port`.
+    Mx {
+        nameserver: SocketAddr,
+        mx_port: u16,
+    },
+}
+
 /// A server (relay, submission and submissions listeners on loopback, trusted
 /// loopback, user `alice`) that delivers everything to `to` in plaintext.
 /// `delivery` holds extra `[delivery]` lines (e.g. `retry = ["1s"]`).
 pub async fn delivering_server(to: SocketAddr, delivery: &str) -> Server {
-    let dir = tempfile::tempdir().expect("temporary data directory");
-    start_in(dir, to, delivery).await
+    routed_server(Routing::Route(to), delivery).await
 }
 
-pub async fn start_in(dir: tempfile::TempDir, to: SocketAddr, delivery: &str) -> Server {
-    let text = config_text(&dir.path().display().to_string(), to, delivery);
+/// Like [`delivering_server`], routed as `routing` says.
+pub async fn routed_server(routing: Routing, delivery: &str) -> Server {
+    start_in(
+        tempfile::tempdir().expect("temporary data directory"),
+        routing,
+        delivery,
+    )
+    .await
+}
+
+/// Like [`routed_server`], on the data already in `dir` (e.g. a store prepared by
+/// the test).
+pub async fn start_in(dir: tempfile::TempDir, routing: Routing, delivery: &str) -> Server {
+    let text = config_text(&dir.path().display().to_string(), routing, delivery);
     let config = Config::from_toml(&text).expect("test configuration is valid");
     let running = outpost::server::start(Arc::new(config))
         .await
@@ -40,7 +63,19 @@ pub async fn start_in(dir: tempfile::TempDir, to: SocketAddr, delivery: &str) ->
     Server { running, dir }
 }
 
-pub fn config_text(data_dir: &str, to: SocketAddr, delivery: &str) -> String {
+pub fn config_text(data_dir: &str, routing: Routing, delivery: &str) -> String {
+    // Port 9 (discard) answers no DNS: a route never needs it.
+    let (route, mx_port, nameserver) = match routing {
+        Routing::Route(to) => (
+            format!("[[routes]]\ndomain = \"*\"\nto = \"{to}\"\ntls = \"none\""),
+            25,
+            "127.0.0.1:9".parse().expect("literal address"),
+        ),
+        Routing::Mx {
+            nameserver,
+            mx_port,
+        } => (String::new(), mx_port, nameserver),
+    };
     format!(
         r#"
 hostname = "{HOSTNAME}"
@@ -60,13 +95,11 @@ mode = "submissions"
 trusted_networks = ["127.0.0.0/8"]
 [delivery]
 tls = "none"
+mx_port = {mx_port}
 {delivery}
-[[routes]]
-domain = "*"
-to = "{to}"
-tls = "none"
+{route}
 [dns]
-nameservers = ["127.0.0.1:9"]
+nameservers = ["{nameserver}"]
 "#
     )
 }
@@ -124,4 +157,71 @@ paused = true
     // `dir` is only for `Server`'s shape; the data lives in `data_dir`.
     let dir = tempfile::tempdir().expect("temporary directory");
     Server { running, dir }
+}
+
+/// What the test process holds, to compare before and after a scenario: open file
+/// descriptors and resident memory of the whole process, and live tasks of the
+/// current tokio runtime (the server's, when it runs in-process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holdings {
+    pub fds: usize,
+    pub tasks: usize,
+    pub rss_kib: u64,
+}
+
+impl Holdings {
+    pub fn now() -> Holdings {
+        Holdings {
+            fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
+            tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            rss_kib: vm_rss_kib(),
+        }
+    }
+
+    /// True when nothing exceeds `base` by more than `slack`.
+    pub fn within(&self, base: &Holdings, slack: &Holdings) -> bool {
+        self.fds <= base.fds + slack.fds
+            && self.tasks <= base.tasks + slack.tasks
+            && self.rss_kib <= base.rss_kib + slack.rss_kib
+    }
+}
+
+/// `VmRSS` of this process in KiB (0 where /proc does not say).
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the process holds at most `before` plus `slack`, and returns what it
+/// holds then; panics with both counts after `deadline`. Waiting lets what is about
+/// to end (a worker past its idle timeout, an outcome being committed) end; a leaked
+/// task, socket or buffer never does, so it still fails.
+pub async fn assert_released(
+    what: &str,
+    before: Holdings,
+    slack: Holdings,
+    deadline: Duration,
+) -> Holdings {
+    let start = Instant::now();
+    loop {
+        let now = Holdings::now();
+        if now.within(&before, &slack) {
+            return now;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: the process still holds more than before (allowed extra {slack:?}) \
+             after {deadline:?}: before {before:?}, now {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
