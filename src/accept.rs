@@ -123,7 +123,7 @@ impl Acceptor {
             }
         }
         let now = chrono::Utc::now();
-        let headers = self.added_headers(&id, &s, &now);
+        let headers = added_headers(&self.config.hostname, &id, &s, &now);
         let mut full = Vec::with_capacity(headers.len() + s.content.len() + 1024);
         full.extend_from_slice(headers.as_bytes());
         full.extend_from_slice(&s.content);
@@ -195,40 +195,39 @@ impl Acceptor {
             }
         }
     }
+}
 
-    /// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted
-    /// message lacks them (RFC 6409 §8).
-    fn added_headers(
-        &self,
-        id: &QueueId,
-        s: &Submission,
-        now: &chrono::DateTime<chrono::Utc>,
-    ) -> String {
-        let hostname = &self.config.hostname;
-        let date = now.to_rfc2822();
-        let tls = s
-            .origin
-            .tls
-            .as_ref()
-            .map_or(String::new(), |t| format!("\r\n\t({t})"));
-        let recipient = match s.recipients.as_slice() {
-            [only] => format!("\r\n\tfor <{}>", only.address),
-            _ => String::new(),
-        };
-        let mut headers = format!(
-            "Received: from {from}{tls}\r\n\tby {hostname} (Outpost) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
-            from = s.origin.from,
-            protocol = s.origin.protocol,
-        );
-        if s.submission {
-            let block = message::header_block(&s.content);
-            if !message::has_header(block, "Date") {
-                headers.push_str(&format!("Date: {date}\r\n"));
-            }
-            if !message::has_header(block, "Message-ID") {
-                headers.push_str(&format!("Message-ID: <{}>\r\n", message_id(id, hostname)));
-            }
+/// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted
+/// message lacks them (RFC 6409 §8).
+pub(crate) fn added_headers(
+    hostname: &str,
+    id: &QueueId,
+    s: &Submission,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> String {
+    let date = now.to_rfc2822();
+    let tls = s
+        .origin
+        .tls
+        .as_ref()
+        .map_or(String::new(), |t| format!("\r\n\t({t})"));
+    let recipient = match s.recipients.as_slice() {
+        [only] => format!("\r\n\tfor <{}>", only.address),
+        _ => String::new(),
+    };
+    let mut headers = format!(
+        "Received: from {from}{tls}\r\n\tby {hostname} (Outpost) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
+        from = s.origin.from,
+        protocol = s.origin.protocol,
+    );
+    if s.submission {
+        let block = message::header_block(&s.content);
+        if !message::has_header(block, "Date") {
+            headers.push_str(&format!("Date: {date}\r\n"));
         }
-        headers
+        if !message::has_header(block, "Message-ID") {
+            headers.push_str(&format!("Message-ID: <{}>\r\n", message_id(id, hostname)));
+        }
     }
+    headers
 }
