@@ -113,20 +113,24 @@ impl Acceptor {
             tracing::warn!(origin = %s.origin.from, source = s.origin.source, "message with NUL rejected");
             return Err(AcceptError::Nul);
         }
+        let now = chrono::Utc::now();
+        let hostname = &self.config.hostname;
+        let headers = added_headers(hostname, &id, &message_id(&id, hostname), &s, &now);
+        let mut full = Vec::with_capacity(headers.len() + s.content.len() + 1024);
+        full.extend_from_slice(headers.as_bytes());
+        full.extend_from_slice(&s.content);
         if let Some(user) = &s.user {
-            // SPEC §2: the From: header, too, must be in the user's domains.
-            let authorized = message::from_domains(&s.content)
+            // SPEC §2: the From: header, too, must be in the user's domains. Read in
+            // the completed message, the one signed and delivered: a first line of
+            // the content that begins with white space continues the last added
+            // field there, so a `From:` on it is no author.
+            let authorized = message::from_domains(&full)
                 .is_some_and(|domains| domains.iter().all(|d| user.may_send_as(d)));
             if !authorized {
                 tracing::warn!(user = %user.name, source = s.origin.source, "From: header not authorized");
                 return Err(AcceptError::NotAuthorized);
             }
         }
-        let now = chrono::Utc::now();
-        let headers = added_headers(&self.config.hostname, &id, &s, &now);
-        let mut full = Vec::with_capacity(headers.len() + s.content.len() + 1024);
-        full.extend_from_slice(headers.as_bytes());
-        full.extend_from_slice(&s.content);
         // Signed once final and before the commit, so every delivered copy carries
         // the same signature.
         if s.may_relay {
@@ -198,10 +202,11 @@ impl Acceptor {
 }
 
 /// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted
-/// message lacks them (RFC 6409 §8).
+/// message lacks them (RFC 6409 §8); `message_id` is the one to use then.
 pub(crate) fn added_headers(
     hostname: &str,
     id: &QueueId,
+    message_id: &str,
     s: &Submission,
     now: &chrono::DateTime<chrono::Utc>,
 ) -> String {
@@ -226,7 +231,7 @@ pub(crate) fn added_headers(
             headers.push_str(&format!("Date: {date}\r\n"));
         }
         if !message::has_header(block, "Message-ID") {
-            headers.push_str(&format!("Message-ID: <{}>\r\n", message_id(id, hostname)));
+            headers.push_str(&format!("Message-ID: <{message_id}>\r\n"));
         }
     }
     headers
