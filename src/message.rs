@@ -54,9 +54,15 @@ pub fn has_header(headers: &[u8], name: &str) -> bool {
 /// `From:` that receivers see.
 pub fn from_domains(content: &[u8]) -> Option<Vec<String>> {
     let mut domains = Vec::new();
-    for (_, value) in
-        fields(header_block(content)).filter(|(name, _)| name.eq_ignore_ascii_case(b"From"))
-    {
+    // mail-auth takes `F rom:` for `From:` too (it skips white space in names):
+    // such a field is an author as well.
+    let is_from = |name: &[u8]| {
+        name.iter()
+            .filter(|b| !b.is_ascii_whitespace())
+            .map(u8::to_ascii_lowercase)
+            .eq(b"from".iter().copied())
+    };
+    for (_, value) in fields(header_block(content)).filter(|(name, _)| is_from(name)) {
         let HeaderValue::Address(address) = MessageStream::new(value).parse_address() else {
             return None;
         };
@@ -120,5 +126,16 @@ mod tests {
             from_domains(&message).unwrap(),
             vec!["evil.example", "a.example"]
         );
+    }
+
+    /// Found by the message_headers fuzz target: mail-auth reads `F  rom:` as an
+    /// author, so sender authorization must too.
+    #[test]
+    fn a_from_name_with_white_space_is_an_author() {
+        assert_eq!(
+            from_domains(b"From: a@a.example\r\nF  rom: ceo@evil.example\r\n\r\n").unwrap(),
+            vec!["a.example", "evil.example"]
+        );
+        assert!(from_domains(b"Fromage: a@a.example\r\n\r\n").is_none());
     }
 }
