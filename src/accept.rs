@@ -113,20 +113,24 @@ impl Acceptor {
             tracing::warn!(origin = %s.origin.from, source = s.origin.source, "message with NUL rejected");
             return Err(AcceptError::Nul);
         }
+        let now = chrono::Utc::now();
+        let hostname = &self.config.hostname;
+        let headers = added_headers(hostname, &id, &message_id(&id, hostname), &s, &now);
+        let mut full = Vec::with_capacity(headers.len() + s.content.len() + 1024);
+        full.extend_from_slice(headers.as_bytes());
+        full.extend_from_slice(&s.content);
         if let Some(user) = &s.user {
-            // SPEC §2: the From: header, too, must be in the user's domains.
-            let authorized = message::from_domains(&s.content)
+            // SPEC §2: the From: header, too, must be in the user's domains. Read in
+            // the completed message, the one signed and delivered: a first line of
+            // the content that begins with white space continues the last added
+            // field there, so a `From:` on it is no author.
+            let authorized = message::from_domains(&full)
                 .is_some_and(|domains| domains.iter().all(|d| user.may_send_as(d)));
             if !authorized {
                 tracing::warn!(user = %user.name, source = s.origin.source, "From: header not authorized");
                 return Err(AcceptError::NotAuthorized);
             }
         }
-        let now = chrono::Utc::now();
-        let headers = self.added_headers(&id, &s, &now);
-        let mut full = Vec::with_capacity(headers.len() + s.content.len() + 1024);
-        full.extend_from_slice(headers.as_bytes());
-        full.extend_from_slice(&s.content);
         // Signed once final and before the commit, so every delivered copy carries
         // the same signature.
         if s.may_relay {
@@ -195,40 +199,40 @@ impl Acceptor {
             }
         }
     }
+}
 
-    /// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted
-    /// message lacks them (RFC 6409 §8).
-    fn added_headers(
-        &self,
-        id: &QueueId,
-        s: &Submission,
-        now: &chrono::DateTime<chrono::Utc>,
-    ) -> String {
-        let hostname = &self.config.hostname;
-        let date = now.to_rfc2822();
-        let tls = s
-            .origin
-            .tls
-            .as_ref()
-            .map_or(String::new(), |t| format!("\r\n\t({t})"));
-        let recipient = match s.recipients.as_slice() {
-            [only] => format!("\r\n\tfor <{}>", only.address),
-            _ => String::new(),
-        };
-        let mut headers = format!(
-            "Received: from {from}{tls}\r\n\tby {hostname} (Outpost) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
-            from = s.origin.from,
-            protocol = s.origin.protocol,
-        );
-        if s.submission {
-            let block = message::header_block(&s.content);
-            if !message::has_header(block, "Date") {
-                headers.push_str(&format!("Date: {date}\r\n"));
-            }
-            if !message::has_header(block, "Message-ID") {
-                headers.push_str(&format!("Message-ID: <{}>\r\n", message_id(id, hostname)));
-            }
+/// `Received:` always (RFC 5321 §4.4); `Date:` and `Message-ID:` when a submitted
+/// message lacks them (RFC 6409 §8); `message_id` is the one to use then.
+pub(crate) fn added_headers(
+    hostname: &str,
+    id: &QueueId,
+    message_id: &str,
+    s: &Submission,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> String {
+    let date = now.to_rfc2822();
+    let tls = s
+        .origin
+        .tls
+        .as_ref()
+        .map_or(String::new(), |t| format!("\r\n\t({t})"));
+    let recipient = match s.recipients.as_slice() {
+        [only] => format!("\r\n\tfor <{}>", only.address),
+        _ => String::new(),
+    };
+    let mut headers = format!(
+        "Received: from {from}{tls}\r\n\tby {hostname} (Outpost) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
+        from = s.origin.from,
+        protocol = s.origin.protocol,
+    );
+    if s.submission {
+        let block = message::header_block(&s.content);
+        if !message::has_header(block, "Date") {
+            headers.push_str(&format!("Date: {date}\r\n"));
         }
-        headers
+        if !message::has_header(block, "Message-ID") {
+            headers.push_str(&format!("Message-ID: <{message_id}>\r\n"));
+        }
     }
+    headers
 }

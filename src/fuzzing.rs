@@ -4,12 +4,29 @@
 //!
 //! Not part of the API: hidden from the docs and free to change.
 
-use crate::auth::sasl;
+use crate::accept::{Origin, Submission, added_headers};
+use crate::api::{
+    AddSuppression, Caller, RawRequest, SendRequest, compose_all, new_suppression, parse_json,
+    raw_submission,
+};
+use crate::auth::{AuthenticatedUser, sasl};
+use crate::config::Config;
+use crate::dkim::DomainSigners;
+use crate::message::{from_domains, header_block};
 use crate::smtp::{
     DataReceiver, DataStatus, Domain, LineEndingViolation, Mailbox, dot_stuff,
     find_bare_line_ending,
 };
+use crate::store::{
+    DkimAlgorithm, DkimKeyRecord, MessageSummary, NewRecipient, QueueId, RecipientState,
+    RecipientStatus, SendingDomain,
+};
+use crate::unsubscribe::UnsubscribeKey;
+use mail_auth::AuthenticatedMessage;
+use mail_auth::common::crypto::HashAlgorithm;
 use smtp_proto::Request;
+use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 /// `smtp_command` target: one command line through the parser the session uses
 /// (`Request::parse`, see `inbound::session::dispatch`), then the addresses and host
@@ -317,5 +334,326 @@ fn sasl_text(text: &str) {
     }
     if let Ok(decoded) = sasl::decode_utf8(text) {
         assert_eq!(sasl::decode_utf8(&sasl::encode(&decoded)), Ok(decoded));
+    }
+}
+
+/// What the `message_headers` and `api_json` checks run against: a configuration
+/// with small limits (so the size and recipient checks are reachable), an API
+/// caller granted two domains, and an Ed25519 DKIM key (RSA would slow every run
+/// tenfold and reads the same headers).
+struct Fixture {
+    config: Config,
+    caller: Caller,
+    unsubscribe: UnsubscribeKey,
+    signers: DomainSigners,
+}
+
+/// The domains the fixture's caller may send as; seeds use them.
+pub const CALLER_DOMAINS: [&str; 2] = ["a.example", "b.example"];
+
+static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+    let config = Config::from_toml(
+        "hostname = \"relay.test\"\n\
+         [limits]\nmax_recipients = 3\nmax_message_size = 16384\n",
+    )
+    .expect("the fixture configuration is valid");
+    let (private_key, public_key) = mail_auth::dkim::generate::DkimKeyPair::generate_ed25519()
+        .expect("Ed25519 key generation")
+        .into_inner();
+    let domain = SendingDomain {
+        name: CALLER_DOMAINS[0].into(),
+        created_at: 0,
+        keys: vec![DkimKeyRecord {
+            selector: "fuzz".into(),
+            algorithm: DkimAlgorithm::Ed25519,
+            private_key,
+            public_key,
+        }],
+    };
+    Fixture {
+        config,
+        caller: Caller(AuthenticatedUser {
+            name: "fuzz".into(),
+            admin: false,
+            domains: CALLER_DOMAINS.map(String::from).to_vec(),
+        }),
+        unsubscribe: UnsubscribeKey([7; 32]),
+        signers: DomainSigners::new(&domain).expect("the fixture key loads"),
+    }
+});
+
+const PEER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+    4321,
+);
+
+/// `message_headers` target: the input is a message's content (header block and
+/// body) and goes through what the relay reads in the headers of mail it accepts:
+/// the header block (`message::header_block`) of anything, and for content
+/// acceptance would take (no NUL, CRLF line endings only: SMTP and the API refuse
+/// the rest first) the `Received:`/`Date:`/`Message-ID:` fields it adds, the
+/// `From:` domains of the completed message that sender authorization and DKIM
+/// use (`message::from_domains`), DKIM signing and the returned headers of a
+/// bounce.
+pub fn message_headers(input: &[u8]) {
+    let block = header_block(input);
+    assert!(input.starts_with(block));
+    assert!(
+        memchr::memmem::find(block, b"\r\n\r\n").is_none(),
+        "header block runs past the empty line"
+    );
+    if block.len() < input.len() {
+        assert!(
+            input[block.len()..].starts_with(b"\r\n"),
+            "header block stops before the empty line"
+        );
+    }
+    if input.contains(&0) || find_bare_line_ending(input).is_some() {
+        return;
+    }
+    accepted(input);
+}
+
+/// When sender authorization lets the fixture's user send `message` (all its
+/// `From:` domains granted), whoever a DKIM/DMARC verifier (mail-auth, with its
+/// own header parser) takes for the author is in a granted domain too: otherwise
+/// a user could get mail signed and accepted that receivers attribute to a domain
+/// it was never granted. (Parsers may disagree on malformed fields as long as that
+/// gets no such message through.)
+fn authors_are_authorized(message: &[u8], domains: &[String]) {
+    let user = &FIXTURE.caller.0;
+    if !domains.iter().all(|d| user.may_send_as(d)) {
+        return;
+    }
+    let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        return;
+    };
+    for author in &parsed.from {
+        if let Some((_, domain)) = author.rsplit_once('@') {
+            assert!(
+                user.may_send_as(domain.trim_end_matches('.')),
+                "a verifier reads author {author:?}, sender authorization {domains:?}"
+            );
+        }
+    }
+}
+
+/// Acceptance's additions to `content`, then signing and a bounce of the result.
+fn accepted(content: &[u8]) {
+    let id: QueueId = "0123456789ABCDEF0123".parse().expect("a valid queue id");
+    let submission = Submission {
+        mail_from: "sender@a.example".into(),
+        recipients: vec![NewRecipient {
+            address: "rcpt@x.example".into(),
+            local: false,
+        }],
+        user: Some(FIXTURE.caller.0.clone()),
+        smtputf8: false,
+        content: content.to_vec(),
+        origin: Origin {
+            from: "client.example ([192.0.2.1])".into(),
+            tls: Some("TLS1.3".into()),
+            protocol: "ESMTPSA".into(),
+            source: "smtp",
+        },
+        submission: true,
+        may_relay: true,
+    };
+    // A fixed Message-ID rather than `accept::message_id`'s random one: a first
+    // line of the content can fold into that field, and runs must repeat.
+    let added = added_headers(
+        &FIXTURE.config.hostname,
+        &id,
+        "0123456789ABCDEF0123.00000000@relay.test",
+        &submission,
+        &chrono::DateTime::UNIX_EPOCH,
+    );
+    let full = [added.as_bytes(), content].concat();
+    header_fields_prepended(&added, content, &full);
+    // Sender authorization and the choice of DKIM key read the completed message.
+    let full = match from_domains(&full) {
+        Some(domains) => {
+            for domain in &domains {
+                // Compared with the user's granted domains; a line break would
+                // also end up in logs.
+                no_line_break("From: domain", domain);
+            }
+            authors_are_authorized(&full, &domains);
+            let signatures = FIXTURE
+                .signers
+                .sign(&full)
+                .unwrap_or_else(|e| panic!("a message with a From: domain cannot be signed: {e}"));
+            header_fields_prepended(&signatures, &full, &[signatures.as_bytes(), &full].concat());
+            let signed = [signatures.as_bytes(), &full].concat();
+            body_hash_verifies(&signed);
+            signed
+        }
+        None => full,
+    };
+    bounce(&id, &full);
+}
+
+/// `fields` (whole header fields) in front of `message` give `with` whose header
+/// block is `fields` followed by the message's: the message's structure is kept.
+fn header_fields_prepended(fields: &str, message: &[u8], with: &[u8]) {
+    assert!(fields.ends_with("\r\n") && !fields.contains("\r\n\r\n"));
+    assert_eq!(find_bare_line_ending(fields.as_bytes()), None);
+    assert!(
+        fields.split("\r\n").all(|line| line.is_empty()
+            || line.starts_with([' ', '\t'])
+            || line
+                .split_once(':')
+                .is_some_and(|(name, _)| !name.is_empty())),
+        "added fields {fields:?} are not header fields"
+    );
+    assert_eq!(
+        header_block(with),
+        [fields.as_bytes(), header_block(message)].concat(),
+        "prepending header fields changed the header block"
+    );
+}
+
+/// The body hash of the signature Outpost put first matches the body as a verifier
+/// finds it: signing and verifying agree on where the body starts and what it is.
+fn body_hash_verifies(signed: &[u8]) {
+    let parsed = AuthenticatedMessage::parse(signed).expect("a signed message has headers");
+    let ours = &parsed
+        .dkim_headers
+        .first()
+        .expect("the verifier finds the signature")
+        .header;
+    let algorithm = HashAlgorithm::from(ours.a);
+    let computed = parsed
+        .body_hashes
+        .iter()
+        .find(|(c, h, l, _)| *c == ours.cb && *h == algorithm && *l == ours.l)
+        .map(|(.., hash)| hash)
+        .expect("the verifier hashes the body for the signature");
+    assert_eq!(computed, &ours.bh, "body hash does not verify");
+}
+
+/// The bounce of `original` is a three-part report (unless the original's headers
+/// contain the report's MIME boundary, which holds the queue id: a sender cannot
+/// know it in advance) with CRLF line endings.
+fn bounce(id: &QueueId, original: &[u8]) {
+    let summary = MessageSummary {
+        id: id.clone(),
+        mail_from: "sender@a.example".into(),
+        auth_user: None,
+        size: original.len(),
+        received_at: 0,
+        smtputf8: false,
+        recipients: vec![RecipientState {
+            address: "rcpt@x.example".into(),
+            status: RecipientStatus::Bounced,
+            attempts: 1,
+            next_attempt: 0,
+            last_reply: Some("550 5.1.1 unknown".into()),
+            last_class: None,
+        }],
+    };
+    let dsn = crate::bounce::delivery_status_notification(
+        &summary,
+        original,
+        &FIXTURE.config.hostname,
+        chrono::DateTime::UNIX_EPOCH,
+    )
+    .expect("a bounced recipient and a sender give a report");
+    assert_eq!(find_bare_line_ending(&dsn), None);
+    let boundary = format!("{id}/{}", FIXTURE.config.hostname);
+    if memchr::memmem::find(header_block(original), boundary.as_bytes()).is_none() {
+        let parsed = mail_parser::MessageParser::new()
+            .parse(&dsn)
+            .expect("the report parses");
+        assert_eq!(
+            parsed.parts.len(),
+            4,
+            "report is not multipart with three parts"
+        );
+    }
+}
+
+/// `api_json` target: the input is a JSON request body, offered to every endpoint
+/// that takes one (`POST /v1/messages`, `/v1/messages/raw`, `/v1/suppressions`),
+/// each parsed as the handler's extractor does and validated by the handler's own
+/// step from request to what it would store.
+pub fn api_json(input: &[u8]) {
+    let f = &*FIXTURE;
+    if let Ok(request) = parse_json::<SendRequest>(input)
+        && let Ok(submissions) = compose_all(&f.config, &f.unsubscribe, &f.caller, &request, PEER)
+    {
+        assert_eq!(submissions.len(), request.to.len());
+        for (_, submission) in &submissions {
+            valid_submission(submission);
+            composed_headers(&submission.content);
+            // Acceptance authorizes the From: of the message (a composed one
+            // begins with a field, so the fields it adds change nothing): it must
+            // be the address the request was authorized for.
+            let from = Mailbox::parse(&submission.mail_from).expect("checked above");
+            assert_eq!(
+                from_domains(&submission.content),
+                Some(vec![from.domain().as_str().to_lowercase()]),
+                "the composed From: is not the authorized one"
+            );
+        }
+    }
+    if let Ok(request) = parse_json::<RawRequest>(input)
+        && let Ok(submission) = raw_submission(&f.config, &f.caller, &request, PEER)
+    {
+        valid_submission(&submission);
+    }
+    if let Ok(body) = parse_json::<AddSuppression>(input)
+        && let Ok(suppression) = new_suppression(&f.caller, body, 0)
+    {
+        assert!(f.caller.0.may_send_as(&suppression.domain));
+        address(&suppression.address);
+        assert!(!suppression.reason.chars().any(char::is_control));
+    }
+}
+
+/// A submission the API would hand to acceptance: envelope addresses that cannot
+/// break the `Received:` header or the SMTP commands of delivery, and content
+/// acceptance takes, with a header block (then read as `message_headers` reads it).
+fn valid_submission(s: &Submission) {
+    address(&s.mail_from);
+    for r in &s.recipients {
+        address(&r.address);
+    }
+    assert_eq!(find_bare_line_ending(&s.content), None);
+    assert!(
+        memchr::memmem::find(&s.content, b"\r\n\r\n").is_some(),
+        "submitted content has no header block"
+    );
+    assert!(s.content.len() <= FIXTURE.config.limits.max_message_size);
+    message_headers(&s.content);
+}
+
+/// Every line of a composed message's header block is a field (a name of printable
+/// ASCII before a colon) or the continuation of one: nothing in the request injected
+/// a line of its own, and the fields Outpost writes appear once each.
+fn composed_headers(content: &[u8]) {
+    let block = String::from_utf8_lossy(header_block(content));
+    let mut names = Vec::new();
+    for line in block.strip_suffix("\r\n").unwrap_or(&block).split("\r\n") {
+        if line.starts_with([' ', '\t']) && !names.is_empty() {
+            continue;
+        }
+        let name = line
+            .split_once(':')
+            .map(|(name, _)| name)
+            .filter(|name| !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b)))
+            .unwrap_or_else(|| panic!("header line {line:?} is not a field"));
+        names.push(name.to_ascii_lowercase());
+    }
+    for managed in [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "list-unsubscribe",
+    ] {
+        let count = names.iter().filter(|n| *n == managed).count();
+        assert_eq!(count, 1, "{managed}: appears {count} times in {block:?}");
     }
 }

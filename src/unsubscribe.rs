@@ -21,8 +21,9 @@ pub const MAILTO_PREFIX: &str = "unsubscribe+";
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The secret that signs unsubscribe tokens.
-pub struct UnsubscribeKey([u8; 32]);
+/// The secret that signs unsubscribe tokens. Constructed in the crate only by
+/// [`UnsubscribeKey::load_or_create`] and by the fuzz checks, which need no file.
+pub struct UnsubscribeKey(pub(crate) [u8; 32]);
 
 /// What a verified token names.
 #[derive(Debug, Clone, PartialEq, Eq)]

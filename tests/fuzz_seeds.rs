@@ -44,6 +44,16 @@ fn sasl_seeds() {
 }
 
 #[test]
+fn message_headers_seeds() {
+    replay("message_headers", fuzzing::message_headers);
+}
+
+#[test]
+fn api_json_seeds() {
+    replay("api_json", fuzzing::api_json);
+}
+
+#[test]
 fn data_receiver_seeds() {
     replay("data_receiver", fuzzing::data_receiver);
 }

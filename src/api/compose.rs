@@ -19,13 +19,16 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Header fields Outpost writes itself; a request may not set them in `headers`.
-const MANAGED_HEADERS: [&str; 12] = [
+/// Header fields Outpost writes itself; a request may not set them in `headers`
+/// (`Date` and `Message-ID` would otherwise appear twice, RFC 5322 §3.6).
+const MANAGED_HEADERS: [&str; 14] = [
     "from",
     "to",
     "cc",
     "bcc",
     "subject",
+    "date",
+    "message-id",
     "reply-to",
     "mime-version",
     "content-type",
@@ -429,6 +432,16 @@ mod tests {
             field(one.clone(), serde_json::json!({"headers": {"From": "a"}})),
             "headers.From"
         );
+        // Caught by the api_json fuzz check: both appeared twice in the message.
+        for name in ["Message-ID", "date"] {
+            assert_eq!(
+                field(
+                    one.clone(),
+                    serde_json::json!({"headers": {name: "<x@y.example>"}})
+                ),
+                format!("headers.{name}")
+            );
+        }
         assert_eq!(
             field(one.clone(), serde_json::json!({"subject": "a\nb"})),
             "subject"

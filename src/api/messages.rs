@@ -14,9 +14,10 @@ use super::compose::{Compose, SendRequest, crlf, parse_address};
 use super::{ApiContext, ApiError, Caller, Ctx, JsonBody};
 use crate::accept::{AcceptError, Origin, Submission, message_id};
 use crate::bounce::status_of;
+use crate::config::Config;
 use crate::smtp::{Mailbox, find_bare_line_ending};
 use crate::store::{NewRecipient, QueueId};
-use crate::unsubscribe::Unsubscription;
+use crate::unsubscribe::{UnsubscribeKey, Unsubscription};
 use axum::extract::{ConnectInfo, Path};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -91,18 +92,6 @@ fn origin(peer: SocketAddr) -> Origin {
 }
 
 impl ApiContext {
-    fn recipient(&self, mailbox: &Mailbox) -> NewRecipient {
-        NewRecipient {
-            address: mailbox.to_string(),
-            local: self
-                .config
-                .relay
-                .local_domains
-                .iter()
-                .any(|d| d == mailbox.domain().as_str()),
-        }
-    }
-
     /// Accepts every submission concurrently (they share group commits).
     async fn accept_all(
         &self,
@@ -140,19 +129,31 @@ impl ApiContext {
         ids.sort_by_key(|(i, _)| *i);
         Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
+}
 
-    fn check_size(&self, field: String, size: usize) -> Result<(), ApiError> {
-        let max = self.config.limits.max_message_size;
-        if size > max {
-            return Err(ApiError::TooLarge {
-                field: Some(field),
-                message: format!(
-                    "the message would be {size} bytes; the limit is {max} (limits.max_message_size)"
-                ),
-            });
-        }
-        Ok(())
+/// The envelope recipient for `mailbox`, marked local when its domain is one of ours.
+fn recipient(config: &Config, mailbox: &Mailbox) -> NewRecipient {
+    NewRecipient {
+        address: mailbox.to_string(),
+        local: config
+            .relay
+            .local_domains
+            .iter()
+            .any(|d| d == mailbox.domain().as_str()),
     }
+}
+
+fn check_size(config: &Config, field: String, size: usize) -> Result<(), ApiError> {
+    let max = config.limits.max_message_size;
+    if size > max {
+        return Err(ApiError::TooLarge {
+            field: Some(field),
+            message: format!(
+                "the message would be {size} bytes; the limit is {max} (limits.max_message_size)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn forbidden_sender(field: &str, domain: &str) -> ApiError {
@@ -179,7 +180,7 @@ pub(super) async fn send(
     caller: Caller,
     JsonBody(request): JsonBody<SendRequest>,
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
-    let result = compose_all(&ctx, &caller, &request, peer);
+    let result = compose_all(&ctx.config, &ctx.unsubscribe, &caller, &request, peer);
     let submissions = match result {
         Ok(s) => s,
         Err(e) => {
@@ -204,13 +205,13 @@ pub(super) async fn send(
 }
 
 /// Validates the request and builds every recipient's message.
-fn compose_all(
-    ctx: &ApiContext,
+pub(crate) fn compose_all(
+    config: &Config,
+    unsubscribe: &UnsubscribeKey,
     caller: &Caller,
     request: &SendRequest,
     peer: SocketAddr,
 ) -> Result<Vec<(QueueId, Submission)>, ApiError> {
-    let config = &ctx.config;
     let compose = Compose::new(request, config.limits.max_recipients)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
     let domain = compose.from.domain().as_str();
@@ -230,18 +231,16 @@ fn compose_all(
             address: rcpt.to_string(),
             user: caller.0.name.clone(),
         };
-        let headers = ctx
-            .unsubscribe
-            .headers(&unsubscription, &public_url, &config.hostname);
+        let headers = unsubscribe.headers(&unsubscription, &public_url, &config.hostname);
         let content = compose
             .message(i, &message_id(&id, &config.hostname), &headers)
             .map_err(|e| ApiError::invalid(e.field, e.message))?;
-        ctx.check_size(format!("to[{i}]"), content.len())?;
+        check_size(config, format!("to[{i}]"), content.len())?;
         out.push((
             id,
             Submission {
                 mail_from: compose.from.to_string(),
-                recipients: vec![ctx.recipient(rcpt)],
+                recipients: vec![recipient(config, rcpt)],
                 user: Some(caller.0.clone()),
                 smtputf8: compose.needs_smtputf8(i),
                 content,
@@ -271,7 +270,37 @@ pub(super) async fn send_raw(
     caller: Caller,
     JsonBody(request): JsonBody<RawRequest>,
 ) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
-    let limits = &ctx.config.limits;
+    let submission = raw_submission(&ctx.config, &caller, &request, peer)?;
+    let to = submission
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
+    let ids = ctx
+        .accept_all(vec![(QueueId::generate(), submission)])
+        .await
+        .map_err(|e| match e {
+            ApiError::Forbidden { message, .. } => ApiError::Forbidden {
+                field: "message".into(),
+                message,
+            },
+            other => other,
+        })?;
+    let messages = vec![Accepted {
+        id: ids[0].to_string(),
+        to,
+    }];
+    Ok((StatusCode::ACCEPTED, Json(SendResponse { messages })))
+}
+
+/// Validates a raw request into the submission it asks for.
+pub(crate) fn raw_submission(
+    config: &Config,
+    caller: &Caller,
+    request: &RawRequest,
+    peer: SocketAddr,
+) -> Result<Submission, ApiError> {
+    let limits = &config.limits;
     let mail_from = parse_address("mail_from", &request.mail_from)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
     if !caller.0.may_send_as(mail_from.domain().as_str()) {
@@ -303,11 +332,11 @@ pub(super) async fn send_raw(
             "the message needs a header block and an empty line before the body",
         ));
     }
-    ctx.check_size("message".into(), content.len())?;
+    check_size(config, "message".into(), content.len())?;
     let smtputf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
     let submission = Submission {
         mail_from: mail_from.to_string(),
-        recipients: rcpts.iter().map(|r| ctx.recipient(r)).collect(),
+        recipients: rcpts.iter().map(|r| recipient(config, r)).collect(),
         user: Some(caller.0.clone()),
         smtputf8,
         content,
@@ -315,22 +344,7 @@ pub(super) async fn send_raw(
         submission: true,
         may_relay: true,
     };
-    let to = rcpts.iter().map(ToString::to_string).collect();
-    let ids = ctx
-        .accept_all(vec![(QueueId::generate(), submission)])
-        .await
-        .map_err(|e| match e {
-            ApiError::Forbidden { message, .. } => ApiError::Forbidden {
-                field: "message".into(),
-                message,
-            },
-            other => other,
-        })?;
-    let messages = vec![Accepted {
-        id: ids[0].to_string(),
-        to,
-    }];
-    Ok((StatusCode::ACCEPTED, Json(SendResponse { messages })))
+    Ok(submission)
 }
 
 /// Per-recipient status of one message.

@@ -24,7 +24,11 @@ mod suppressions;
 mod unsubscribe;
 
 pub use compose::{Compose, Personalized, Recipient, SendRequest};
+// For the fuzz checks (`crate::fuzzing::api_json`): the handlers' steps from a
+// request body to what they would store, without a server.
 pub use events::EventView;
+pub(crate) use messages::{RawRequest, compose_all, raw_submission};
+pub(crate) use suppressions::{AddSuppression, new_suppression};
 
 use crate::accept::Acceptor;
 use crate::auth::{AuthThrottle, AuthenticatedUser};
@@ -184,17 +188,20 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json
                     message: e.body_text(),
                 },
             })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                ApiError::BadRequest {
-                    field: (path != ".").then_some(path),
-                    message: format!("invalid JSON body: {}", e.inner()),
-                }
-            })
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body as [`JsonBody`] reads it.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::BadRequest {
+            field: (path != ".").then_some(path),
+            message: format!("invalid JSON body: {}", e.inner()),
+        }
+    })
 }
 
 /// A query string, parsed with errors answered as JSON `400`s.

@@ -171,22 +171,7 @@ pub(super) async fn add(
     caller: Caller,
     JsonBody(body): JsonBody<AddSuppression>,
 ) -> Result<(StatusCode, Json<SuppressionView>), ApiError> {
-    let domain = managed_domain(&caller, &body.domain)?;
-    let address = parse_address("address", &body.address)
-        .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let reason = body.reason.unwrap_or_else(|| "manual".into());
-    if reason.is_empty() || reason.len() > 1000 || reason.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "reason",
-            "1 to 1000 characters, no control characters",
-        ));
-    }
-    let suppression = Suppression {
-        domain,
-        address: address.to_string().to_lowercase(),
-        reason,
-        created_at: chrono::Utc::now().timestamp_millis(),
-    };
+    let suppression = new_suppression(&caller, body, chrono::Utc::now().timestamp_millis())?;
     let added = ctx.store.add_suppression(suppression.clone()).await?;
     let status = if added {
         StatusCode::CREATED
@@ -199,6 +184,30 @@ pub(super) async fn add(
         .await?
         .unwrap_or(suppression);
     Ok((status, Json(current.into())))
+}
+
+/// Validates an `AddSuppression` body into the suppression it asks for.
+pub(crate) fn new_suppression(
+    caller: &Caller,
+    body: AddSuppression,
+    now: i64,
+) -> Result<Suppression, ApiError> {
+    let domain = managed_domain(caller, &body.domain)?;
+    let address = parse_address("address", &body.address)
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let reason = body.reason.unwrap_or_else(|| "manual".into());
+    if reason.is_empty() || reason.len() > 1000 || reason.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "reason",
+            "1 to 1000 characters, no control characters",
+        ));
+    }
+    Ok(Suppression {
+        domain,
+        address: address.to_string().to_lowercase(),
+        reason,
+        created_at: now,
+    })
 }
 
 /// Removes an address from a domain's suppression list.

@@ -143,10 +143,10 @@ enum KeySigner {
 }
 
 /// The signers of one domain, RSA first.
-struct DomainSigners(Vec<KeySigner>);
+pub(crate) struct DomainSigners(Vec<KeySigner>);
 
 impl DomainSigners {
-    fn new(domain: &SendingDomain) -> Result<DomainSigners, DkimError> {
+    pub(crate) fn new(domain: &SendingDomain) -> Result<DomainSigners, DkimError> {
         let bad = |key: &DkimKeyRecord, e: mail_auth::Error| DkimError::BadKey {
             domain: domain.name.clone(),
             selector: key.selector.clone(),
@@ -173,7 +173,7 @@ impl DomainSigners {
     }
 
     /// The `DKIM-Signature:` fields for `message`, to be put in front of it.
-    fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
         let mut out = String::new();
         for signer in &self.0 {
             let signature = match signer {

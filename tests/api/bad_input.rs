@@ -167,6 +167,18 @@ async fn bad_input_is_refused_with_the_field_named() {
             "message",
         ),
         (
+            // Found by the message_headers fuzz target: authorized on the content
+            // alone, this From: continued the added Message-ID: field when sent.
+            "raw: From: on a first line that begins with white space",
+            raw(
+                " From: a@alice.example\r\n\r\nb\r\n",
+                "a@alice.example",
+                json!(["y@six.example"]),
+            ),
+            403,
+            "message",
+        ),
+        (
             "raw: bare CR",
             raw(
                 "From: a@alice.example\r\n\r\na\rb\r\n",
