@@ -53,15 +53,15 @@ def median(rows, column):
 
 
 def scenario_key(name):
-    """1 KB, 10 KB, 100 KB; 20 then 100 sessions; connection-per-message last;
-    each plain scenario before its DKIM twin."""
+    """Plain scenarios before DKIM ones; within each, 1 KB, 10 KB, 100 KB, 20 then
+    100 sessions, connection-per-message last."""
     size = 2 if "100k" in name else 0 if "_1k" in name else 1
     sessions = 1 if name.startswith("s100") else 0
-    return ("conn1" in name, "dkim" in name, size, sessions, name)
+    return ("dkim" in name, "conn1" in name, size, sessions, name)
 
 
 def ratio(a, b):
-    return f"{a / b:.1f}×" if a and b else "-"
+    return f"{a / b:.2f}×" if a and b else "-"
 
 
 def throughput(compare, out_rows):
@@ -141,7 +141,7 @@ def bars(ax, names, values, title, ylabel, annotate_ratio):
             o, p = values[(name, "outpost")], values[(name, "postfix")]
             if o and p:
                 ax.annotate(
-                    f"{o / p:.1f}×",
+                    ratio(o, p),
                     (x + 0.5 * width, o),
                     ha="center",
                     va="bottom",
