@@ -7,7 +7,7 @@ mod common;
 #[path = "fakes/mod.rs"]
 mod fakes;
 
-use common::{CLIENT_SENDER, Client, DEADLINE, HOSTNAME, within};
+use common::{CLIENT_SENDER, Client, DEADLINE, HOSTNAME, start_config, within};
 use fakes::dns::FakeDns;
 use fakes::sink::SmtpSink;
 use hickory_resolver::TokioResolver;
@@ -16,10 +16,9 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::common::crypto::Algorithm;
 use mail_auth::dkim::Canonicalization;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
-use outpost::config::{Config, ListenerMode};
+use outpost::config::ListenerMode;
 use outpost::server::Running;
 use outpost::store::RecipientStatus;
-use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -47,11 +46,7 @@ tls = "none"
         dir = dir.path().display(),
         port = sink.port(),
     );
-    let config = Config::from_toml(&text).expect("valid configuration");
-    let running = outpost::server::start(Arc::new(config))
-        .await
-        .expect("server starts");
-    (running, dir)
+    (start_config(&text).await, dir)
 }
 
 async fn send(

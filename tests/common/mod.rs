@@ -18,6 +18,14 @@ use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// Starts the server `text` (a whole configuration) describes, with no user.
+pub async fn start_config(text: &str) -> Running {
+    let config = Config::from_toml(text).expect("test configuration is valid");
+    outpost::server::start(Arc::new(config))
+        .await
+        .expect("server starts")
+}
+
 /// The server's `hostname`, and so its local (bounce) domain.
 pub const HOSTNAME: &str = "relay.test";
 /// The user every server is started with.
@@ -101,10 +109,13 @@ addr = "127.0.0.1:0"
             dir = dir.path().display(),
             limits = options.limits,
         );
-        let config = Config::from_toml(&text).expect("test configuration is valid");
-        let running = outpost::server::start(Arc::new(config))
-            .await
-            .expect("server starts");
+        Server::start_as_configured(&text, dir).await
+    }
+
+    /// Starts the server `text` (a whole configuration) describes, with the user
+    /// `alice`; `dir` holds its data directory.
+    pub async fn start_as_configured(text: &str, dir: TempDir) -> Server {
+        let running = start_config(text).await;
         running
             .store
             .add_user(UserRecord {

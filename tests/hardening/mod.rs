@@ -5,11 +5,9 @@
 
 #![allow(dead_code)]
 
-use super::common::{HOSTNAME, PASSWORD, Server, USER, USER_DOMAIN};
-use outpost::config::Config;
-use outpost::store::{RecipientStatus, UserRecord};
+use super::common::{HOSTNAME, Server, start_config};
+use outpost::store::RecipientStatus;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -46,21 +44,7 @@ pub async fn routed_server(routing: Routing, delivery: &str) -> Server {
 /// the test).
 pub async fn start_in(dir: tempfile::TempDir, routing: Routing, delivery: &str) -> Server {
     let text = config_text(&dir.path().display().to_string(), routing, delivery);
-    let config = Config::from_toml(&text).expect("test configuration is valid");
-    let running = outpost::server::start(Arc::new(config))
-        .await
-        .expect("server starts");
-    running
-        .store
-        .add_user(UserRecord {
-            name: USER.into(),
-            password_hash: outpost::auth::password::hash(PASSWORD),
-            admin: false,
-            domains: vec![USER_DOMAIN.into()],
-        })
-        .await
-        .expect("add user");
-    Server { running, dir }
+    Server::start_as_configured(&text, dir).await
 }
 
 pub fn config_text(data_dir: &str, routing: Routing, delivery: &str) -> String {
@@ -150,10 +134,7 @@ paused = true
 "#,
         data_dir = data_dir.display()
     );
-    let config = Config::from_toml(&text).expect("test configuration is valid");
-    let running = outpost::server::start(Arc::new(config))
-        .await
-        .expect("server starts");
+    let running = start_config(&text).await;
     // `dir` is only for `Server`'s shape; the data lives in `data_dir`.
     let dir = tempfile::tempdir().expect("temporary directory");
     Server { running, dir }
