@@ -9,7 +9,7 @@ pub mod password;
 pub mod sasl;
 pub mod throttle;
 
-pub use throttle::AuthThrottle;
+pub use throttle::{AuthThrottle, Refused};
 
 use crate::store::{Store, StoreError, UserRecord};
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 
 use super::io::{IoEnd, Line};
 use super::session::{Next, Session};
-use crate::auth::AuthenticatedUser;
 use crate::auth::sasl::{self, Credentials};
+use crate::auth::{AuthenticatedUser, Refused};
 use crate::smtp::Reply;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,10 +35,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             return Ok(Next::Continue);
         }
         let ip = self.conn.peer.ip();
-        let Some(attempt) = self.ctx.throttle.begin(ip) else {
-            tracing::warn!(%ip, "AUTH refused: address locked out after repeated failures");
-            self.io.reply(&Reply::auth_locked_out());
-            return Ok(Next::Close);
+        let attempt = match self.ctx.throttle.begin(ip).await {
+            Ok(attempt) => attempt,
+            Err(Refused::LockedOut) => {
+                tracing::warn!(%ip, "AUTH refused: address locked out after repeated failures");
+                self.io.reply(&Reply::auth_locked_out());
+                return Ok(Next::Close);
+            }
+            Err(Refused::Busy) => {
+                self.io.reply(&Reply::auth_busy());
+                return Ok(Next::Continue);
+            }
         };
         let exchange = match mechanism {
             AUTH_PLAIN => self.exchange_plain(initial).await?,

@@ -146,6 +146,13 @@ impl Reply {
             "Too many failed authentications from your address, try again later",
         )
     }
+    pub fn auth_busy() -> Reply {
+        Reply::new(
+            454,
+            "4.7.0",
+            "Too many authentications in progress from your address, try again later",
+        )
+    }
     pub fn auth_mechanism_unknown() -> Reply {
         Reply::new(504, "5.5.4", "Unrecognized authentication mechanism")
     }
