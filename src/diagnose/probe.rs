@@ -5,19 +5,25 @@
 //! mechanisms (offered before TLS is a finding), SIZE, and a verdict.
 //!
 //! Every step has a deadline ([`ProbeLimits`]): a port that does not answer is
-//! reported as such, never waited on. TLS is set up without verification (as
+//! reported as such, never waited on. A port not known to use implicit TLS that
+//! sends no banner within [`ProbeLimits::banner_wait`] is tried with a TLS
+//! handshake, so implicit TLS is found on any port. Host names are resolved
+//! through the configured [`Resolver`] (`[dns] nameservers`), as delivery does. TLS is set up without verification (as
 //! delivery does, [`TlsClient`]) so that a bad certificate is reported rather than
 //! ending the probe; the certificate is then verified on its own.
 
-use super::tls::TlsClient;
+use crate::dns::Resolver;
+use crate::outbound::TlsClient;
+use crate::outbound::client::{ClientError, parse_reply, read_reply_bytes};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{ServerName, UnixTime};
 use rustls::{CertificateError, Error as TlsError};
 use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -25,8 +31,6 @@ use tokio::time::Instant;
 pub const DEFAULT_PORTS: [u16; 4] = [25, 465, 587, 2525];
 /// The port on which TLS starts at once by default (RFC 8314).
 pub const IMPLICIT_TLS_PORT: u16 = 465;
-/// Longest reply read (all lines); a peer sending more is broken.
-const MAX_REPLY: usize = 64 * 1024;
 /// A certificate expiring sooner than this is a finding.
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
@@ -36,6 +40,9 @@ pub struct ProbeLimits {
     pub connect: Duration,
     /// For the whole conversation on one port.
     pub total: Duration,
+    /// How long a port not known to use implicit TLS may stay silent before a TLS
+    /// handshake is tried instead of waiting for a banner.
+    pub banner_wait: Duration,
 }
 
 impl Default for ProbeLimits {
@@ -43,6 +50,7 @@ impl Default for ProbeLimits {
         ProbeLimits {
             connect: Duration::from_secs(5),
             total: Duration::from_secs(15),
+            banner_wait: Duration::from_secs(3),
         }
     }
 }
@@ -117,8 +125,13 @@ impl PortReport {
 /// Why a probe stopped early; becomes a finding and a `fail` verdict.
 #[derive(Debug, thiserror::Error)]
 enum ProbeError {
-    #[error("no answer within {0:?}")]
+    #[error("no answer within {} s", .0.as_secs_f32())]
     Timeout(Duration),
+    #[error(
+        "accepts connections but sent no banner within {} s and did not answer a TLS handshake",
+        .0.as_secs_f32()
+    )]
+    Silent(Duration),
     #[error("{0}")]
     Io(String),
     #[error("malformed reply")]
@@ -146,13 +159,37 @@ impl Port {
     }
 }
 
-/// Probes `ports` of `host` concurrently; reports in the order of `ports`.
-pub async fn probe(host: &str, ports: &[Port], helo: &str, limits: ProbeLimits) -> Vec<PortReport> {
+/// Probes `ports` of `host` (a name resolved through `resolver`, or an address)
+/// concurrently; reports in the order of `ports`.
+pub async fn probe(
+    resolver: &dyn Resolver,
+    host: &str,
+    ports: &[Port],
+    helo: &str,
+    limits: ProbeLimits,
+) -> Vec<PortReport> {
+    let address = match resolve(resolver, host, limits.connect).await {
+        Ok(address) => address,
+        Err(finding) => {
+            return ports
+                .iter()
+                .map(|port| {
+                    let mut report = PortReport::new(port.number);
+                    report.findings.push(finding.clone());
+                    report
+                })
+                .collect();
+        }
+    };
     let tls = Arc::new(TlsClient::new());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, &port) in ports.iter().enumerate() {
         let (host, helo, tls) = (host.to_string(), helo.to_string(), tls.clone());
-        tasks.spawn(async move { (i, probe_port(&host, port, &helo, &tls, limits).await) });
+        let address = SocketAddr::new(address, port.number);
+        tasks.spawn(async move {
+            let report = probe_port(&host, address, port, &helo, &tls, limits).await;
+            (i, report)
+        });
     }
     let mut reports: Vec<Option<PortReport>> = vec![None; ports.len()];
     while let Some(Ok((i, report))) = tasks.join_next().await {
@@ -161,27 +198,37 @@ pub async fn probe(host: &str, ports: &[Port], helo: &str, limits: ProbeLimits) 
     reports.into_iter().flatten().collect()
 }
 
+/// The address to probe: `host` itself when it is an IP address (bracketed or
+/// not), else its first address in DNS. The error is the finding to report.
+async fn resolve(resolver: &dyn Resolver, host: &str, wait: Duration) -> Result<IpAddr, String> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    match tokio::time::timeout(wait, resolver.addresses(host)).await {
+        Ok(Ok(addresses)) => addresses
+            .first()
+            .copied()
+            .ok_or_else(|| format!("cannot resolve {host}: it has no address")),
+        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
+        Err(_) => Err(format!(
+            "cannot resolve {host}: no DNS answer within {} s",
+            wait.as_secs_f32()
+        )),
+    }
+}
+
 async fn probe_port(
     host: &str,
+    address: SocketAddr,
     port: Port,
     helo: &str,
     tls: &TlsClient,
     limits: ProbeLimits,
 ) -> PortReport {
-    let implicit_tls = port.implicit_tls;
-    let port = port.number;
-    let mut report = PortReport::new(port);
+    let mut report = PortReport::new(port.number);
     let deadline = Instant::now() + limits.total;
-    let address = format!(
-        "{}:{port}",
-        host.trim_start_matches('[').trim_end_matches(']')
-    );
-    let address = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        address
-    };
-    let tcp = match tokio::time::timeout(limits.connect, TcpStream::connect(&address)).await {
+    let tcp = match tokio::time::timeout(limits.connect, TcpStream::connect(address)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             report.findings.push(format!("cannot connect: {e}"));
@@ -189,16 +236,23 @@ async fn probe_port(
         }
         Err(_) => {
             report.findings.push(format!(
-                "cannot connect: no answer within {:?}",
-                limits.connect
+                "cannot connect: no answer within {} s",
+                limits.connect.as_secs_f32()
             ));
             return report;
         }
     };
     report.reachable = true;
+    let conversation = Conversation {
+        host,
+        helo,
+        tls,
+        deadline,
+        banner_wait: limits.banner_wait,
+    };
     let outcome = tokio::time::timeout_at(
         deadline,
-        converse(&mut report, tcp, implicit_tls, host, helo, tls, deadline),
+        conversation.run(&mut report, tcp, port.implicit_tls),
     )
     .await
     .unwrap_or(Err(ProbeError::Timeout(limits.total)));
@@ -211,48 +265,95 @@ async fn probe_port(
     report
 }
 
-async fn converse(
-    report: &mut PortReport,
-    tcp: TcpStream,
-    implicit_tls: bool,
-    host: &str,
-    helo: &str,
-    tls: &TlsClient,
+/// What one port's conversation needs besides the report and the connection.
+struct Conversation<'a> {
+    host: &'a str,
+    helo: &'a str,
+    tls: &'a TlsClient,
     deadline: Instant,
-) -> Result<(), ProbeError> {
-    let server_name = host.trim_start_matches('[').trim_end_matches(']');
-    if implicit_tls {
-        let stream = handshake(tls, server_name, tcp, report).await?;
+    banner_wait: Duration,
+}
+
+impl Conversation<'_> {
+    async fn run(
+        &self,
+        report: &mut PortReport,
+        tcp: TcpStream,
+        implicit_tls: bool,
+    ) -> Result<(), ProbeError> {
+        if implicit_tls {
+            let wait = self.deadline.saturating_duration_since(Instant::now());
+            return self.implicit_tls(report, tcp, wait).await;
+        }
+        let mut stream = BufReader::new(tcp);
+        let wait = self
+            .banner_wait
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        let banner = match read_reply(&mut stream, Instant::now() + wait).await {
+            // Silent, not a byte sent: perhaps a TLS port (RFC 8314), whose server
+            // waits for the client's hello. Nothing was read, so the same
+            // connection carries the handshake.
+            Err(ProbeError::Timeout(_)) if stream.buffer().is_empty() => {
+                let tcp = stream.into_inner();
+                return match self.implicit_tls(report, tcp, self.banner_wait).await {
+                    Err(ProbeError::Tls(_) | ProbeError::Timeout(_)) => {
+                        report.tls_version = None;
+                        report.certificate = None;
+                        report.tls = "none";
+                        Err(ProbeError::Silent(self.banner_wait))
+                    }
+                    outcome => outcome,
+                };
+            }
+            banner => banner?,
+        };
+        record_banner(report, banner)?;
+        let plain = ehlo(&mut stream, self.helo, self.deadline).await?;
+        read_extensions(report, &plain, false);
+        if !report.extensions.iter().any(|e| e == "STARTTLS") {
+            quit(&mut stream).await;
+            return Ok(());
+        }
+        let (code, lines) = command(&mut stream, "STARTTLS", self.deadline).await?;
+        if code != 220 {
+            return Err(ProbeError::Refused {
+                stage: "STARTTLS",
+                reply: format!("{code} {}", lines.join(" ")),
+            });
+        }
+        let stream = handshake(self.tls, self.server_name(), stream.into_inner(), report).await?;
+        report.tls = "starttls";
+        let mut stream = BufReader::new(stream);
+        let secured = ehlo(&mut stream, self.helo, self.deadline).await?;
+        read_extensions(report, &secured, true);
+        quit(&mut stream).await;
+        Ok(())
+    }
+
+    /// TLS from the first byte; the handshake gets at most `handshake_wait`.
+    async fn implicit_tls(
+        &self,
+        report: &mut PortReport,
+        tcp: TcpStream,
+        handshake_wait: Duration,
+    ) -> Result<(), ProbeError> {
+        let handshake = handshake(self.tls, self.server_name(), tcp, report);
+        let stream = tokio::time::timeout(handshake_wait, handshake)
+            .await
+            .map_err(|_| ProbeError::Timeout(handshake_wait))??;
         report.tls = "implicit";
         let mut stream = BufReader::new(stream);
-        greeting(&mut stream, report, deadline).await?;
-        let ehlo = ehlo(&mut stream, helo, deadline).await?;
+        let banner = read_reply(&mut stream, self.deadline).await?;
+        record_banner(report, banner)?;
+        let ehlo = ehlo(&mut stream, self.helo, self.deadline).await?;
         read_extensions(report, &ehlo, true);
         quit(&mut stream).await;
-        return Ok(());
+        Ok(())
     }
-    let mut stream = BufReader::new(tcp);
-    greeting(&mut stream, report, deadline).await?;
-    let plain = ehlo(&mut stream, helo, deadline).await?;
-    read_extensions(report, &plain, false);
-    if !report.extensions.iter().any(|e| e == "STARTTLS") {
-        quit(&mut stream).await;
-        return Ok(());
+
+    fn server_name(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
     }
-    let (code, lines) = command(&mut stream, "STARTTLS", deadline).await?;
-    if code != 220 {
-        return Err(ProbeError::Refused {
-            stage: "STARTTLS",
-            reply: format!("{code} {}", lines.join(" ")),
-        });
-    }
-    let stream = handshake(tls, server_name, stream.into_inner(), report).await?;
-    report.tls = "starttls";
-    let mut stream = BufReader::new(stream);
-    let secured = ehlo(&mut stream, helo, deadline).await?;
-    read_extensions(report, &secured, true);
-    quit(&mut stream).await;
-    Ok(())
 }
 
 async fn handshake(
@@ -321,11 +422,9 @@ fn certificate_report(
                         CertificateError::NotValidForName
                         | CertificateError::NotValidForNameContext { .. },
                     ) => "name mismatch".to_string(),
-                    TlsError::InvalidCertificate(CertificateError::UnknownIssuer)
-                        if self_signed =>
-                    {
-                        "self-signed".to_string()
-                    }
+                    // A self-signed certificate fails chain building with
+                    // UnknownIssuer, or CaUsedAsEndEntity when it is marked as a CA.
+                    _ if self_signed => "self-signed".to_string(),
                     TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => {
                         "unknown issuer".to_string()
                     }
@@ -339,12 +438,10 @@ fn certificate_report(
     report
 }
 
-async fn greeting<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut BufReader<S>,
+fn record_banner(
     report: &mut PortReport,
-    deadline: Instant,
+    (code, lines): (u16, Vec<String>),
 ) -> Result<(), ProbeError> {
-    let (code, lines) = read_reply(stream, deadline).await?;
     report.banner = Some(format!("{code} {}", lines.join(" ")));
     if code != 220 {
         return Err(ProbeError::Refused {
@@ -457,34 +554,21 @@ async fn quit<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut BufReader<S>) {
     .await;
 }
 
-/// Reads one reply: its code and the text of each line.
+/// Reads one reply before `deadline`: its code and the text of each line.
 async fn read_reply<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut BufReader<S>,
     deadline: Instant,
 ) -> Result<(u16, Vec<String>), ProbeError> {
-    let mut lines = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = tokio::time::timeout_at(deadline, stream.read_line(&mut line))
-            .await
-            .map_err(|_| ProbeError::Timeout(Duration::ZERO))?
-            .map_err(|e| ProbeError::Io(e.to_string()))?;
-        if n == 0 {
-            return Err(ProbeError::Io("connection closed by the server".into()));
-        }
-        total += n;
-        let line = line.trim_end();
-        if total > MAX_REPLY
-            || line.len() < 3
-            || !line.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-        {
-            return Err(ProbeError::Protocol);
-        }
-        let code: u16 = line[..3].parse().map_err(|_| ProbeError::Protocol)?;
-        lines.push(line.get(4..).unwrap_or("").to_string());
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok((code, lines));
-        }
-    }
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let raw = read_reply_bytes(stream, wait).await.map_err(|e| match e {
+        ClientError::Timeout => ProbeError::Timeout(wait),
+        ClientError::Protocol => ProbeError::Protocol,
+        other => ProbeError::Io(other.to_string()),
+    })?;
+    let code = parse_reply(&raw).map_err(|_| ProbeError::Protocol)?.code;
+    let lines = String::from_utf8_lossy(&raw)
+        .lines()
+        .map(|line| line.get(4..).unwrap_or("").trim_end().to_string())
+        .collect();
+    Ok((code, lines))
 }

@@ -8,7 +8,7 @@
 //! stored ones. DMARC must exist (RFC 7489); `p=none` is reported as a start, not an
 //! error. The return-path (bounce) domain must receive mail here.
 
-use super::records::{dkim_name, dkim_value, spf_value};
+use crate::dkim::records::{dkim_name, dkim_value, spf_value};
 use crate::dns::{MxAnswer, Resolver};
 use crate::store::SendingDomain;
 use ipnet::IpNet;
@@ -379,7 +379,7 @@ async fn check_dmarc(resolver: &dyn Resolver, domain: &str, findings: &mut Findi
     let name = format!("_dmarc.{domain}");
     let starter = format!(
         "v=DMARC1; p=none; rua=mailto:{}",
-        super::records::dmarc_report_address(domain)
+        crate::dkim::records::dmarc_report_address(domain)
     );
     let records: Vec<String> = resolver
         .txt(&name)
@@ -444,7 +444,7 @@ async fn check_dmarc(resolver: &dyn Resolver, domain: &str, findings: &mut Findi
             format!("DMARC record of {domain} asks for no reports (no rua=)"),
             format!(
                 "add rua=mailto:{}",
-                super::records::dmarc_report_address(domain)
+                crate::dkim::records::dmarc_report_address(domain)
             ),
         );
     }

@@ -8,10 +8,108 @@
 //! is not the user's stop the run. `--dry-run` renders the first message locally
 //! with the same code the server uses, and sends nothing.
 
-use crate::api::{Compose, Personalized, Recipient, SendRequest};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use outpost::api::{Compose, Personalized, Recipient, SendRequest};
+use outpost::config::Config;
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("body").required(true).multiple(true).args(["text", "html"]))]
+pub struct SendArgs {
+    /// Sender address (`addr` or `Name <addr>`), in one of the user's domains.
+    #[arg(long)]
+    from: String,
+    /// Recipients: a CSV file whose header row names the template variables; one
+    /// column must be `email`.
+    #[arg(long)]
+    to_csv: PathBuf,
+    /// Subject (a template).
+    #[arg(long)]
+    subject: String,
+    /// File with the plain-text body (a template).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// File with the HTML body (a template; values are HTML-escaped).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Base URL of the HTTP API. Default: http://[http] addr of the configuration.
+    #[arg(long)]
+    api: Option<String>,
+    /// API user (the SMTP user name).
+    #[arg(long, env = "OUTPOST_USER")]
+    user: Option<String>,
+    /// Read the password from standard input (else $OUTPOST_PASSWORD).
+    #[arg(long)]
+    password_stdin: bool,
+    /// Recipients per request.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Print the first recipient's message and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn run(config: &Config, args: SendArgs) -> Result<()> {
+    let read = |path: &Option<PathBuf>| -> Result<Option<String>> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            })
+            .transpose()
+    };
+    let campaign = Campaign {
+        from: args.from,
+        subject: args.subject,
+        text: read(&args.text)?,
+        html: read(&args.html)?,
+        rows: read_csv(&args.to_csv)?,
+    };
+    if args.dry_run {
+        print!("{}", campaign.dry_run()?);
+        eprintln!(
+            "dry run: {} recipient(s) in the file; nothing sent",
+            campaign.rows.len()
+        );
+        return Ok(());
+    }
+    let Some(user) = args.user else {
+        bail!("give --user (or OUTPOST_USER)");
+    };
+    let password = if args.password_stdin {
+        super::read_secret_from_stdin()?
+    } else {
+        std::env::var("OUTPOST_PASSWORD")
+            .context("give --password-stdin or set OUTPOST_PASSWORD")?
+    };
+    let url = args.api.unwrap_or_else(|| {
+        let addr = config.http.addr;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("http://{host}:{}", addr.port())
+    });
+    let api = Api {
+        url,
+        user,
+        password,
+        batch_size: args.batch_size,
+    };
+    let summary = campaign.send(&api).await?;
+    println!("accepted: {}", summary.accepted);
+    println!("rejected: {}", summary.rejected.len());
+    for (row, email, reason) in &summary.rejected {
+        println!("  row {row} <{email}>: {reason}");
+    }
+    if !summary.rejected.is_empty() {
+        bail!("{} recipient(s) rejected", summary.rejected.len());
+    }
+    Ok(())
+}
 
 /// Attempts for a batch that fails for a reason that may pass (5xx, network).
 const ATTEMPTS: u32 = 3;
