@@ -8,7 +8,10 @@ use outpost::config::Config;
 use outpost::dkim::check::Severity;
 use outpost::dns::{HickoryResolver, Resolver};
 use outpost::outbound::probe::{self, Port, ProbeLimits};
-use outpost::store::{QueueId, SendingDomain, SqliteStore, Store, Suppression, UserRecord};
+use outpost::store::{
+    AccountStore, DomainStore, QueueId, QueueStore, SendingDomain, SqliteStore, Suppression,
+    SuppressionStore, UserRecord,
+};
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
