@@ -5,7 +5,7 @@ use anyhow::Result;
 use anyhow::bail;
 use clap::Subcommand;
 use outpost::config::Config;
-use outpost::store::{QueueId, Store};
+use outpost::store::{QueueId, QueueStore};
 
 #[derive(Subcommand)]
 pub enum QueueCommand {

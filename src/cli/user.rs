@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::auth::password;
 use outpost::config::Config;
-use outpost::store::{Store, UserRecord};
+use outpost::store::{AccountStore, UserRecord};
 
 #[derive(Subcommand)]
 pub enum UserCommand {

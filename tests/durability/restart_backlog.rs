@@ -18,7 +18,7 @@ use common::{CLIENT_SENDER, Client, message};
 use fakes::sink::SmtpSink;
 use hardening::Routing;
 use outpost::store::{
-    NewMessage, NewRecipient, QueueId, RecipientStatus, RecipientUpdate, SqliteStore, Store,
+    NewMessage, NewRecipient, QueueId, QueueStore, RecipientStatus, RecipientUpdate, SqliteStore,
 };
 use server_process::Process;
 use std::collections::HashMap;
@@ -211,7 +211,7 @@ async fn a_bounce_report_owed_by_the_previous_run_is_sent_once_beside_the_backlo
             attempted: true,
         };
         let summary = store
-            .record_attempt(&id, vec![update])
+            .record_attempt(&id, vec![update], chrono::Utc::now().timestamp_millis())
             .await
             .expect("record");
         assert!(summary.is_some_and(|s| s.needs_bounce_report()));
