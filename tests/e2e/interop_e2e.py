@@ -13,13 +13,15 @@ Everything is on loopback, in a temporary directory (OUTPOST_E2E_KEEP=1 keeps it
     Authentication-Results), ex.test's MX is Exim on 127.0.0.3; both offer STARTTLS
     with a certificate made here and deliver into a maildir read back here;
   - the clients: Python smtplib (587 STARTTLS and 465 implicit TLS), msmtp, nodemailer
-    with a connection pool, and a Postfix satellite relaying through Outpost's 587
-    with SASL and STARTTLS;
+    with a connection pool, a Postfix satellite relaying through Outpost's 587
+    with SASL and STARTTLS, and the HTTP API (/v1/messages composes bulk mail,
+    /v1/messages/raw sends as given);
   - every message goes to both MX hosts, and every delivered copy is checked:
     byte-for-byte (the message as submitted, after the headers the hops prepend),
     TLS on the hop into Outpost and on the hop out of it, and a DKIM pass for every
     signature at OpenDKIM (Postfix copies), rspamd (/checkv2: R_DKIM_ALLOW) and
-    dkimpy (resolving through dnsmasq).
+    dkimpy (resolving through dnsmasq); /v1/events must report each delivery with
+    the receiver's reply (a 250 without an enhanced code is no 5.0.0).
 
 Messages cover the bodies and header mixes that broke verifiers before: bodies
 ending in whitespace-only lines, a body of spaces, an empty body, Cc / Reply-To /
@@ -33,6 +35,7 @@ is a failure, not a skip. The last line is `N passed, M failed`.
 """
 
 import base64
+import concurrent.futures
 import json
 import os
 import re
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,11 +127,16 @@ def cases(sender, domain, msgid):
 
 
 class Sent:
-    """One submitted message: what to find in each delivered copy."""
+    """One submitted message: what to find in each delivered copy.
 
-    def __init__(self, client, case, sender, domain, msgid, raw):
+    msgid is its Message-ID, or the X-Interop-Id of a message the API composed;
+    raw its exact bytes, or None when Outpost composed it (then `text`, a marker,
+    must be in it); tls_in whether it reached Outpost over TLS (the API here is HTTP)."""
+
+    def __init__(self, client, case, sender, domain, msgid, raw, receivers=tuple(RECEIVERS), tls_in=True,
+                 text=None):
         self.client, self.case, self.sender, self.domain = client, case, sender, domain
-        self.msgid, self.raw = msgid, raw
+        self.msgid, self.raw, self.receivers, self.tls_in, self.text = msgid, raw, receivers, tls_in, text
 
     def label(self):
         return f"{self.client}/{self.case} from {self.domain}"
@@ -172,7 +181,7 @@ def nodemailer_jobs():
 
 
 # ---------------------------------------------------------------- delivered copies
-MSGID = re.compile(rb"^message-id:\s*<([^>]+)>", re.I | re.M)
+MSGID = re.compile(rb"^(?:message-id:\s*<([^>]+)>|x-interop-id:\s*(\S+))", re.I | re.M)
 
 
 def header_fields(block):
@@ -208,7 +217,7 @@ class Maildir:
             if b"\r" not in data:
                 data = data.replace(b"\n", b"\r\n")
             block = data.split(b"\r\n\r\n", 1)[0]
-            ids = MSGID.findall(block)
+            ids = [a or b for a, b in MSGID.findall(block)]
             key = ids[-1].decode() if ids else f"(no Message-ID: {name})"
             self.copies.setdefault(key, []).append(data)
 
@@ -251,7 +260,12 @@ class Interop:
         for domain, ed25519 in SENDERS:
             r = harness.cli(self.binary, self.config, "domain", "add", domain, *(["--ed25519"] if ed25519 else []))
             harness.check(r.returncode == 0, f"domain add {domain}: {r.stderr}")
-            r = harness.cli(self.binary, self.config, "domain", "dns", domain, "--json")
+        # In parallel: each waits ~3 s for the server's own address from a DNS
+        # server that is not up yet (it needs these records first).
+        with concurrent.futures.ThreadPoolExecutor(len(SENDERS)) as pool:
+            answers = list(pool.map(lambda d: harness.cli(self.binary, self.config, "domain", "dns", d[0], "--json"),
+                                    SENDERS))
+        for (domain, ed25519), r in zip(SENDERS, answers):
             harness.check(r.returncode == 0, f"domain dns {domain}: {r.stderr}")
             records = json.loads(r.stdout)["records"]
             self.published += records
@@ -317,6 +331,24 @@ class Interop:
         ports = self.server.wait_for_listeners(["Submission", "Submissions"],
                                                time.monotonic() + harness.STARTUP_DEADLINE)
         self.submission, self.submissions = ports["Submission"], ports["Submissions"]
+        http = []
+
+        def http_logged():
+            http[:] = [m.group(1) for m in (re.search(r"HTTP API listening http_addr=(\S+)", line)
+                                            for line in list(self.server.lines)) if m]
+            return http
+
+        daemons.wait_until(http_logged, time.monotonic() + harness.STARTUP_DEADLINE,
+                           "no HTTP API address in Outpost's log", self.server.log)
+        self.http = http[0]
+
+    def api(self, method, path, body=None):
+        req = urllib.request.Request(f"http://{self.http}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json", "Authorization": "Basic "
+                                              + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()})
+        with urllib.request.urlopen(req, timeout=harness.SOCKET_TIMEOUT) as r:
+            return r.status, json.load(r)
 
     def start_satellite(self):
         relay = f"[{HOST}]:{self.submission}"
@@ -392,21 +424,43 @@ class Interop:
             wire = base64.b64decode(res["raw"]).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             self.sent.append(Sent("nodemailer", case, f"{USER}@{domain}", domain, msgid, wire))
 
+    def send_api(self):
+        """POST /v1/messages (bulk: Outpost composes, adds List-Unsubscribe; one
+        message per recipient) and /v1/messages/raw (sent as given)."""
+        for i, (domain, _) in enumerate(SENDERS):
+            marker = f"api.{i}.{uuid.uuid4().hex[:12]}"
+            request = {"from": f"Alice Example <{USER}@{domain}>", "to": RECIPIENTS, "subject": f"api {marker}",
+                       "text": f"Hello from the API ({marker}).\nA line that ends in spaces   \n \n",
+                       "headers": {"X-Interop-Id": marker}, "reply_to": f"help@{domain}"}
+            if i % 2:
+                request["html"] = f"<p>{marker}</p>"
+            status, answer = self.api("POST", "/v1/messages", request)
+            harness.check(status == 202 and len(answer["messages"]) == 2, f"POST /v1/messages: {status} {answer}")
+            for rcpt in RECIPIENTS:
+                receiver = rcpt.split("@")[1]
+                self.sent.append(Sent("api", f"bulk to {receiver}", f"{USER}@{domain}", domain, marker, None,
+                                      receivers=(receiver,), tls_in=False, text=marker))
+        for m in raw_messages("api-raw", offset=1)[3:6]:  # list headers, bodies ending in white space
+            status, answer = self.api("POST", "/v1/messages/raw", {
+                "message": m.raw.decode(), "mail_from": m.sender, "rcpt_to": RECIPIENTS})
+            harness.check(status == 202, f"POST /v1/messages/raw ({m.case}): {status} {answer}")
+            m.tls_in = False
+            self.sent.append(m)
+
     # ---- deliveries
     def wait_for_deliveries(self):
-        wanted = {m.msgid for m in self.sent}
+        maildirs = {"pf.test": self.pf_maildir, "ex.test": self.ex_maildir}
 
         def all_there():
-            self.pf_maildir.scan()
-            self.ex_maildir.scan()
-            return wanted <= set(self.pf_maildir.copies) and wanted <= set(self.ex_maildir.copies)
+            for md in maildirs.values():
+                md.scan()
+            return all(m.msgid in maildirs[d].copies for m in self.sent for d in m.receivers)
 
         try:
             daemons.wait_until(all_there, time.monotonic() + DELIVERY_DEADLINE, "not every message was delivered")
         except daemons.DaemonError:
-            missing = [f"{m.label()} -> {d}" for m in self.sent
-                       for d, md in (("pf.test", self.pf_maildir), ("ex.test", self.ex_maildir))
-                       if m.msgid not in md.copies]
+            missing = [f"{m.label()} -> {d}" for m in self.sent for d in m.receivers
+                       if m.msgid not in maildirs[d].copies]
             logs = "".join(f"\n{path}:\n{daemons.tail(os.path.join(self.workdir, path), 8)}"
                            for path in ("pf-mx/maillog", "exim/log/mainlog", "opendkim/opendkim.log"))
             raise harness.Failure(f"{len(missing)} copies missing after {DELIVERY_DEADLINE:.0f}s: "
@@ -425,7 +479,10 @@ class Interop:
         return attempts
 
     def check_copy(self, m, domain, copy, attempts):
-        """Byte-for-byte and TLS on both hops; returns the copy for the verifiers."""
+        """Byte-for-byte and TLS on both hops; returns the header fields the hops added."""
+        if m.raw is None:  # composed by Outpost: its text, and nothing to compare it with
+            harness.check(m.text.encode() in copy, f"the text {m.text!r} is not in the delivered copy")
+            return self.check_hops(m, domain, header_fields(copy.split(b"\r\n\r\n", 1)[0]), attempts)
         harness.check(copy.endswith(m.raw), "the delivered copy does not end with the submitted message "
                       f"byte for byte; submitted {len(m.raw)} bytes, delivered tail "
                       f"{copy[-min(len(copy), len(m.raw) + 20):]!r}")
@@ -434,13 +491,17 @@ class Interop:
         fields = header_fields(prefix[:-2])
         foreign = [n for n, _ in fields if n.lower() not in PREPENDED]
         harness.check(not foreign, f"unexpected fields in front of the message: {foreign}")
+        return self.check_hops(m, domain, fields, attempts)
+
+    def check_hops(self, m, domain, fields, attempts):
         signatures = [v for n, v in fields if n.lower() == "dkim-signature"]
         harness.check(len(signatures) == self.signatures[m.domain],
                       f"{len(signatures)} DKIM-Signature fields, {self.signatures[m.domain]} keys")
         received = [v.decode("utf-8", "replace") for n, v in fields if n.lower() == "received"]
         ours = [r for r in received if "(Outpost)" in r]
         harness.check(len(ours) == 1, f"{len(ours)} Received fields by Outpost: {received}")
-        harness.check("version=TLS" in ours[0], f"the hop into Outpost was not TLS: {ours[0]!r}")
+        if m.tls_in:
+            harness.check("version=TLS" in ours[0], f"the hop into Outpost was not TLS: {ours[0]!r}")
         qid = re.search(r"\(Outpost\) with \S+ id (\S+)", ours[0])
         harness.check(qid is not None, f"no queue id in {ours[0]!r}")
         tls = attempts.get((qid.group(1).rstrip(";"), domain))
@@ -501,6 +562,8 @@ class Interop:
         attempts = self.delivery_log()
         for m in self.sent:
             for domain, maildir in (("pf.test", self.pf_maildir), ("ex.test", self.ex_maildir)):
+                if domain not in m.receivers:
+                    continue
                 label = f"{m.label()} -> {domain}"
                 copies = maildir.copies.get(m.msgid, [])
                 if len(copies) != 1:
@@ -513,13 +576,31 @@ class Interop:
                 def content(m=m, domain=domain, copy=copy):
                     fields.extend(self.check_copy(m, domain, copy, attempts))
 
-                self.suite.run(f"byte-for-byte, TLS both hops: {label}", content)
+                self.suite.run(f"{'byte-for-byte' if m.raw else 'text'}, TLS "
+                               f"{'both hops' if m.tls_in else 'out'}: {label}", content)
                 if not fields:
                     fields.extend(header_fields(copy.split(b"\r\n\r\n", 1)[0]))
                 if domain == "pf.test":
                     self.suite.run(f"OpenDKIM: {label}", self.verify_opendkim, m, fields, label)
                 self.suite.run(f"rspamd: {label}", self.verify_rspamd, m, copy, label)
                 self.suite.run(f"dkimpy: {label}", self.verify_dkimpy, m, copy, label)
+
+    def events(self):
+        """GET /v1/events: one `delivered` event per delivered copy, reporting the
+        receiver's reply as it was (Exim's `250 OK id=...` has no enhanced code)."""
+        events, after = [], 0
+        for _ in range(100):
+            _, page = self.api("GET", f"/v1/events?after={after}&limit=1000")
+            events += page["events"]
+            if page["next"] == after:
+                break
+            after = page["next"]
+        delivered = [e for e in events if e["event"] == "delivered"]
+        copies = sum(len(m.receivers) for m in self.sent)
+        harness.check(len(delivered) == copies, f"{len(delivered)} delivered events for {copies} copies")
+        wrong = [(e["recipient"], e["reply"], e["enhanced_code"]) for e in delivered
+                 if not e["reply"].startswith("250") or (e["enhanced_code"] or "2.").split(".")[0] != "2"]
+        harness.check(not wrong, f"{len(wrong)} delivered events misreport the reply, e.g. {wrong[:3]}")
 
     def quiet_log(self):
         noisy = [line for line in self.server.lines
@@ -565,8 +646,10 @@ def main():
         suite.run("msmtp submits", run.send_msmtp)
         suite.run("nodemailer (pool) submits", run.send_nodemailer)
         suite.run("Postfix satellite relays through Outpost with SASL", run.send_satellite)
+        suite.run("HTTP API (/v1/messages, /v1/messages/raw) submits", run.send_api)
         suite.run("every message reaches both MX hosts", run.wait_for_deliveries)
         run.check_everything()
+        suite.run("/v1/events reports every delivery with the receiver's reply", run.events)
         suite.run("Outpost logged no warning or error", run.quiet_log)
         run.summary()
     finally:

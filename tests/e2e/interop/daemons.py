@@ -23,7 +23,9 @@ EXIM_ROOT = os.path.join(HERE, "exim-root")  # unpacked exim4-daemon-light
 EXIM_BIN = os.path.join(EXIM_ROOT, "usr", "sbin", "exim4")
 EXIM_USER = "Debian-exim"  # compiled into Debian's binary; install.sh creates it
 NODE_DIR = os.path.join(HERE, "node")
-START_DEADLINE = 60.0  # rspamd compiles its regexps first: ~15 s on 2 cores
+START_DEADLINE = 60.0
+# rspamd loads its rules and maps first: ~15 s on 2 idle cores, over a minute on busy ones
+RSPAMD_START_DEADLINE = 240.0
 
 
 class DaemonError(Exception):
@@ -404,7 +406,7 @@ worker "normal" {{
             "--var", f"LOCAL_CONFDIR={local}", "--var", f"RUNDIR={self.dir}/run",
             "--var", f"DBDIR={self.dir}/db", "--var", f"LOGDIR={self.dir}/log",
         ], os.path.join(self.dir, "stdout.log"))
-        self.deadline = time.monotonic() + START_DEADLINE
+        self.deadline = time.monotonic() + RSPAMD_START_DEADLINE
 
     def wait_ready(self):
         def pong():
