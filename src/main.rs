@@ -13,6 +13,10 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod cli {
+    pub mod keys;
+}
+
 #[derive(Parser)]
 #[command(name = "outpost", version, about = "Self-hosted SMTP relay")]
 struct Cli {
@@ -30,6 +34,9 @@ enum Command {
     /// Manage sending users.
     #[command(subcommand)]
     User(UserCommand),
+    /// API keys: secrets for applications, instead of a user's password.
+    #[command(subcommand)]
+    Key(cli::keys::KeyCommand),
     /// Inspect and manage the queue.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -204,6 +211,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve => serve(config).await,
             Command::User(cmd) => user(&config, cmd).await,
+            Command::Key(cmd) => cli::keys::run(&*open_store(&config)?, cmd).await,
             Command::Queue(cmd) => queue(&config, cmd).await,
             Command::Send(args) => send(&config, args).await,
             Command::Domain(cmd) => domain(&config, cmd).await,
@@ -248,6 +256,12 @@ fn read_or_generate_password(from_stdin: bool) -> Result<(String, bool)> {
     let password = text.trim_end_matches(['\r', '\n']).to_string();
     if password.len() < 8 {
         bail!("the password must have at least 8 characters");
+    }
+    if outpost::auth::api_key::is_key(&password) {
+        bail!(
+            "a password cannot begin with {:?} (that marks API keys)",
+            outpost::auth::api_key::PREFIX
+        );
     }
     Ok((password, false))
 }

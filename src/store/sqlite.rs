@@ -15,6 +15,8 @@
 //! Reads run on a small pool of read-only connections in `spawn_blocking`; WAL lets
 //! them proceed while the writer commits.
 
+mod api_keys;
+
 use super::*;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -153,6 +155,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(api_keys::SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
