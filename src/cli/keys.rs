@@ -1,9 +1,11 @@
 //! `outpost key add|list|revoke`: API keys of a user (see `outpost::auth::api_key`).
 
+use super::{domain_name, open_store};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use outpost::auth::api_key;
-use outpost::store::{NewApiKey, Store};
+use outpost::config::Config;
+use outpost::store::{AccountStore, ApiKeyStore, NewApiKey};
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
@@ -27,7 +29,8 @@ pub enum KeyCommand {
     Revoke { id: i64 },
 }
 
-pub async fn run(store: &dyn Store, cmd: KeyCommand) -> Result<()> {
+pub async fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
+    let store = open_store(config)?;
     match cmd {
         KeyCommand::Add {
             user,
@@ -39,9 +42,7 @@ pub async fn run(store: &dyn Store, cmd: KeyCommand) -> Result<()> {
             };
             let mut checked = Vec::new();
             for d in &domains {
-                let domain = outpost::smtp::Domain::parse(d)
-                    .map(|d| d.to_string())
-                    .filter(|d| record.domains.contains(d));
+                let domain = domain_name(d).ok().filter(|d| record.domains.contains(d));
                 let Some(domain) = domain else {
                     bail!(
                         "--domain {d:?} is not a domain of {user} (its domains: {})",

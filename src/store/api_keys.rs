@@ -29,7 +29,8 @@ pub struct ApiKeyRecord {
     pub last_used_at: Option<i64>,
 }
 
-pub trait ApiKeys: Send + Sync {
+/// API keys of users (`outpost key`).
+pub trait ApiKeyStore: Send + Sync {
     /// Stores a key and returns its id; `None` if there is no such user.
     fn add_api_key(&self, key: NewApiKey) -> StoreFuture<'_, Option<i64>>;
     /// The key whose SHA-256 is `key_hash`, if it exists (not revoked).

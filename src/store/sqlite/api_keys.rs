@@ -1,22 +1,9 @@
-//! The `api_keys` table. A key's domains are one space-separated column: a short
+//! [`ApiKeyStore`] on SQLite: the `api_keys` table. A key's domains are one space-separated column: a short
 //! list only ever read and written with its key.
 
 use super::{SqliteStore, backend, changes_rows};
-use crate::store::{ApiKeyRecord, ApiKeys, NewApiKey, StoreError, StoreFuture};
+use crate::store::{ApiKeyRecord, ApiKeyStore, NewApiKey, StoreError, StoreFuture};
 use rusqlite::{Connection, OptionalExtension, params};
-
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-    name TEXT,
-    key_hash BLOB NOT NULL UNIQUE,
-    domains TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    last_used_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user);
-";
 
 const COLUMNS: &str = "id, user, name, domains, created_at, last_used_at";
 
@@ -39,7 +26,7 @@ fn user_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
         .map(|found| found.is_some())
 }
 
-impl ApiKeys for SqliteStore {
+impl ApiKeyStore for SqliteStore {
     fn add_api_key(&self, key: NewApiKey) -> StoreFuture<'_, Option<i64>> {
         Box::pin(self.write(move |conn| {
             if !user_exists(conn, &key.user).map_err(backend)? {
@@ -103,7 +90,7 @@ impl ApiKeys for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, UserRecord};
+    use crate::store::{AccountStore, UserRecord};
 
     #[tokio::test]
     async fn keys_are_found_by_hash_listed_revoked_and_go_with_their_user() {
