@@ -11,9 +11,10 @@
 //! small pool of read-only connections in `spawn_blocking` here; WAL lets them
 //! proceed while the writer commits. Each role of the store (see `store/mod.rs`)
 //! is implemented in its own file: `queue.rs`, `events.rs`, `suppressions.rs`,
-//! `accounts.rs` (domains and users); `schema.rs` creates and migrates the tables.
+//! `accounts.rs` (domains and users), `api_keys.rs`; `schema.rs` creates and migrates the tables.
 
 mod accounts;
+mod api_keys;
 mod events;
 mod queue;
 mod schema;
