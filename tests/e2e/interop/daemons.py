@@ -9,7 +9,9 @@ deadline; every stop is by process id.
 Not a suite itself: scripts/test.sh runs only tests/e2e/*.py.
 """
 
+import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -33,7 +35,7 @@ class DaemonError(Exception):
 
 
 def which(name):
-    """Tools the suite needs, as (name, problem) for each one missing."""
+    """The path of a command, also in the sbin directories a non-login PATH may lack."""
     for d in (os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/sbin", "/usr/bin"]):
         path = os.path.join(d, name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -42,6 +44,7 @@ def which(name):
 
 
 def missing_tools():
+    """What the suite needs and does not find, one sentence each."""
     problems = []
     for tool in ("dnsmasq", "postfix", "postconf", "opendkim", "rspamd", "msmtp", "node", "openssl"):
         if which(tool) is None:
@@ -51,7 +54,6 @@ def missing_tools():
     if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "nodemailer")):
         problems.append(f"nodemailer is not installed in {NODE_DIR} (npm ci there)")
     try:
-        import pwd
         pwd.getpwnam(EXIM_USER)
     except KeyError:
         problems.append(f"user {EXIM_USER} does not exist (run tests/e2e/interop/install.sh)")
@@ -274,8 +276,6 @@ class Postfix:
 
     def __init__(self, workdir, name, addr, port, settings):
         self.dir = os.path.join(workdir, name)
-        self.name = name
-        self.addr, self.port = addr, port
         self.conf_dir = os.path.join(self.dir, "etc")
         self.maillog = os.path.join(self.dir, "maillog")
         for d in ("etc", "queue", "data"):
@@ -422,7 +422,6 @@ worker "normal" {{
 
     def check(self, message, ip, helo, mail_from, rcpt):
         """POST /checkv2; the JSON reply's symbols."""
-        import json
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/checkv2", data=message, method="POST",
                                      headers={"IP": ip, "Helo": helo, "From": mail_from, "Rcpt": rcpt})
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -440,7 +439,6 @@ class Exim:
 
     def __init__(self, workdir, addr, port, domain, hostname):
         self.dir = os.path.join(workdir, "exim")
-        self.addr, self.port = addr, port
         self.maildir = os.path.join(self.dir, "mail")
         for d in ("spool", "log", "mail", "tls"):
             os.makedirs(os.path.join(self.dir, d))
