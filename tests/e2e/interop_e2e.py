@@ -75,6 +75,8 @@ SENDERS = [
     ("long" * 15 + "abc.example", True),  # a 63-character label
 ]
 DATE = "Wed, 02 Dec 2026 09:30:00 +0000"
+# A reference signer: dkimpy with a key made here, published like Outpost's.
+REFERENCE_DOMAIN, REFERENCE_SELECTOR = "reference.example", "ref"
 DELIVERY_DEADLINE = 180.0
 # What the hops may put in front of the submitted message: Outpost (Received,
 # DKIM-Signature), the satellite (Received), Postfix (Return-Path, Delivered-To,
@@ -222,6 +224,30 @@ class Maildir:
             self.copies.setdefault(key, []).append(data)
 
 
+def rspamd_dkim_pass(symbols):
+    """Whether rspamd's symbols say every DKIM signature passed; its DKIM symbols."""
+    dkim_symbols = {k: v.get("options") for k, v in symbols.items() if "DKIM" in k}
+    trace = dkim_symbols.get("DKIM_TRACE") or []
+    ok = ("R_DKIM_ALLOW" in symbols
+          and not any(k in symbols for k in ("R_DKIM_REJECT", "R_DKIM_PERMFAIL", "R_DKIM_TEMPFAIL"))
+          and bool(trace) and all(t.endswith(":+") for t in trace))
+    return ok, dkim_symbols
+
+
+DKIM_FIELD = re.compile(rb"^DKIM-Signature:.*?\r\n(?=[^ \t])", re.I | re.M | re.S)
+
+
+def strip_signatures(message):
+    head, body = message.split(b"\r\n\r\n", 1)
+    return DKIM_FIELD.sub(b"", head + b"\r\n") + b"\r\n" + body
+
+
+def sign_reference(message, key):
+    import dkim
+    return dkim.sign(message, REFERENCE_SELECTOR.encode(), REFERENCE_DOMAIN.encode(), key,
+                     canonicalize=(b"relaxed", b"relaxed"), include_headers=[b"from", b"to", b"subject"]) + message
+
+
 def parse_results(value):
     """`dkim=RESULT` entries of an Authentication-Results value."""
     return re.findall(r"\bdkim=(\w+)", value)
@@ -277,8 +303,18 @@ class Interop:
         r = harness.cli(self.binary, self.config, *args, stdin=PASSWORD + "\n")
         harness.check(r.returncode == 0, f"user add: {r.stderr}")
 
+    def make_reference_key(self):
+        key = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+                             capture_output=True, timeout=60, check=True).stdout
+        public = subprocess.run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=key,
+                                capture_output=True, timeout=60, check=True).stdout
+        value = "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+        self.reference_key = key
+        return ("txt", f"{REFERENCE_SELECTOR}._domainkey.{REFERENCE_DOMAIN}",
+                [value[i:i + 250] for i in range(0, len(value), 250)])
+
     def dns_records(self):
-        records = [("a", HOSTNAME, HOST)]  # the SPF records' a:relay.test
+        records = [("a", HOSTNAME, HOST), self.make_reference_key()]  # a:relay.test is in the SPF records
         for domain, (mx, addr) in RECEIVERS.items():
             records += [("mx", domain, mx, 10), ("a", mx, addr)]
         for r in self.published:
@@ -515,9 +551,12 @@ class Interop:
                           f"Exim did not receive over TLS: {receiver!r}")
         return fields
 
-    def verdict(self, verifier, label, ok, reason):
-        self.verdicts.setdefault(verifier, {})[label] = "pass" if ok else reason
-        harness.check(ok, reason)
+    def verdict(self, verifier, label, ok, reason, excuse=None):
+        """A verifier's verdict on a copy; `excuse` names why a failure is the
+        verifier's own (it fails a reference signature of the same message too)."""
+        self.verdicts.setdefault(verifier, {})[label] = "pass" if ok else f"EXCUSED {excuse}: {reason}" if excuse \
+            else reason
+        harness.check(ok or excuse, reason)
 
     def verify_opendkim(self, m, fields, label):
         mx = RECEIVERS["pf.test"][0]
@@ -551,12 +590,18 @@ class Interop:
         symbols = self.rspamd.check(copy, ip=HOST, helo=HOSTNAME,
                                     mail_from=mail_from.group(1).decode() if mail_from else m.sender,
                                     rcpt=RECIPIENTS[0])
-        dkim_symbols = {k: v.get("options") for k, v in symbols.items() if "DKIM" in k}
-        trace = dkim_symbols.get("DKIM_TRACE") or []
-        ok = ("R_DKIM_ALLOW" in symbols
-              and not any(k in symbols for k in ("R_DKIM_REJECT", "R_DKIM_PERMFAIL", "R_DKIM_TEMPFAIL"))
-              and trace and all(t.endswith(":+") for t in trace))
-        self.verdict("rspamd", label, ok, f"DKIM symbols {dkim_symbols}")
+        ok, dkim_symbols = rspamd_dkim_pass(symbols)
+        excuse = None
+        if not ok:
+            # rspamd 3.4 (Debian 12) gets the relaxed body hash of some white-space
+            # bodies wrong (rspamd#5590, fixed in later releases). Its failure is
+            # held against Outpost only if it passes a reference signature by dkimpy.
+            reference = sign_reference(strip_signatures(copy), self.reference_key)
+            ref_ok, ref_symbols = rspamd_dkim_pass(self.rspamd.check(
+                reference, ip=HOST, helo=HOSTNAME, mail_from=m.sender, rcpt=RECIPIENTS[0]))
+            if not ref_ok and "R_DKIM_REJECT" in ref_symbols:  # a verdict, not a DNS failure
+                excuse = f"rspamd fails dkimpy's signature of this message too ({ref_symbols})"
+        self.verdict("rspamd", label, ok, f"DKIM symbols {dkim_symbols}", excuse)
 
     def check_everything(self):
         attempts = self.delivery_log()
@@ -612,7 +657,9 @@ class Interop:
             failed = sorted(label for label, v in results.items() if v != "pass")
             print(f"summary: {verifier}: {len(results) - len(failed)} of {len(results)} copies pass", flush=True)
             for label in failed:
-                print(f"summary:   {verifier} FAIL {label}: {results[label]}", flush=True)
+                verdict = results[label]
+                print(f"summary:   {verifier} {'' if verdict.startswith('EXCUSED') else 'FAIL '}{label}: {verdict}",
+                      flush=True)
 
 
 def main():

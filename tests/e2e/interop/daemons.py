@@ -141,9 +141,12 @@ class Process:
 def dns_query(port, name, qtype=1, timeout=0.5):
     """One UDP query to 127.0.0.1:port: (RCODE, [rdata of each answer]), or None."""
     qid = os.getpid() & 0xFFFF
-    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 1)
     packet += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
     packet += struct.pack(">HH", qtype, 1)
+    # EDNS0 OPT record offering 4096-byte replies: without it a DKIM key record of a
+    # long domain does not fit in 512 bytes and comes back truncated, without answers.
+    packet += b"\0" + struct.pack(">HHIH", 41, 4096, 0, 0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         try:
@@ -154,6 +157,8 @@ def dns_query(port, name, qtype=1, timeout=0.5):
     if len(reply) < 12 or struct.unpack(">H", reply[:2])[0] != qid:
         return None
     flags, qdcount, ancount = struct.unpack(">HHH", reply[2:8])
+    if flags & 0x0200:
+        raise DaemonError(f"truncated DNS reply for {name}")
     pos = 12
     for _ in range(qdcount):
         pos = skip_name(reply, pos) + 4
