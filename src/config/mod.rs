@@ -9,6 +9,7 @@ mod duration;
 
 pub use duration::Duration;
 
+use crate::smtp::Domain;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -107,6 +108,15 @@ pub struct RelayConfig {
     pub local_domains: Vec<String>,
 }
 
+impl RelayConfig {
+    /// Whether Outpost receives mail for `domain` itself: the one answer to "is this
+    /// one of our own domains" for SMTP, the API and the bounce reports the queue
+    /// sends. `local_domains` is lowercased at load, as [`Domain`] is.
+    pub fn is_local(&self, domain: &Domain) -> bool {
+        self.local_domains.iter().any(|d| d == domain.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -146,10 +156,18 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Failed AUTH attempts from one IP before it is refused. Default 5.
+    /// Wrong passwords from one IP (SMTP and HTTP together) before it is refused.
+    /// Default 5.
     pub max_failures: u32,
-    /// How long an IP over `max_failures` is refused. Default 10m.
+    /// How long an IP over `max_failures` (or an account over
+    /// `max_account_failures`) is refused. Default 10m.
     pub lockout: Duration,
+    /// Wrong passwords for one account, from any addresses, before the account is
+    /// refused to addresses that have not logged in to it recently. Default 20.
+    pub max_account_failures: u32,
+    /// How long a verified password is accepted again without re-running argon2
+    /// (`0s`: never). Default 1h.
+    pub cache_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -157,6 +175,8 @@ impl Default for AuthConfig {
         AuthConfig {
             max_failures: 5,
             lockout: Duration::from_secs(600),
+            max_account_failures: 20,
+            cache_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -421,6 +441,11 @@ impl Config {
             || self.delivery.max_connections_per_domain < 1
         {
             return invalid("delivery.max_messages_in_memory and delivery.max_connections_per_domain must be at least 1, delivery.max_bytes_in_memory at least 1 MiB".into());
+        }
+        if self.auth.max_failures < 1 || self.auth.max_account_failures < 1 {
+            return invalid(
+                "auth.max_failures and auth.max_account_failures must be at least 1".into(),
+            );
         }
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());

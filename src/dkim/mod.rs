@@ -1,6 +1,6 @@
 //! DKIM for registered sending domains (SPEC §5.1, §5.2): key generation, the
-//! signing of accepted messages, the DNS records to publish (`records`) and the
-//! check of what is actually published (`check`).
+//! signing of accepted messages and the DNS records to publish (`records`). The
+//! check of what is actually published is `crate::diagnose::records`.
 //!
 //! Signing (`sign`) is relaxed/relaxed, rsa-sha256, plus ed25519-sha256 when the
 //! domain has an Ed25519 key (RFC 8463). It is our own code on `ring`, not
@@ -14,7 +14,6 @@
 //! and its sender may relay (an authenticated user or a trusted network); nothing
 //! else is ever signed.
 
-pub mod check;
 pub mod records;
 pub(crate) mod sign;
 

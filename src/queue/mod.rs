@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::outbound::TlsClient;
+use crate::smtp::{Domain, Mailbox};
 use crate::store::{
     DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
     RecipientUpdate, Store,
@@ -39,7 +40,7 @@ use window::{Place, Window};
 use worker::Attempt;
 
 /// How long a claim in the store lasts before another scan may take the work again.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
+const CLAIM_LEASE: Duration = Duration::from_secs(600);
 /// How often the scanner looks for due work when nothing wakes it earlier.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Most messages claimed by one scan.
@@ -52,7 +53,8 @@ pub fn now_ms() -> i64 {
 /// A message held in memory while some of its recipients are being delivered.
 pub(crate) struct HeldMessage {
     pub id: QueueId,
-    pub mail_from: String,
+    /// Envelope sender; `None` for the null sender `<>`.
+    pub mail_from: Option<Mailbox>,
     pub smtputf8: bool,
     pub received_at: i64,
     content: OnceCell<Arc<Vec<u8>>>,
@@ -78,11 +80,9 @@ impl HeldMessage {
 
 impl HeldMessage {
     /// The domain the message is sent from, whose suppression list applies: the
-    /// envelope sender's domain, lower case; empty for the null sender (bounces).
-    pub fn sending_domain(&self) -> String {
-        self.mail_from
-            .rsplit_once('@')
-            .map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
+    /// envelope sender's domain; none for the null sender (bounces).
+    pub fn sending_domain(&self) -> Option<&Domain> {
+        self.mail_from.as_ref().map(Mailbox::domain)
     }
 }
 
@@ -145,6 +145,14 @@ impl QueueHandle {
 }
 
 impl Reservation {
+    /// When the store's copy of a message received at `received_at` (ms) is first
+    /// due: after the claim lease, since delivery already holds the message, so no
+    /// scan takes it twice; should this process die, the lease runs out and a scan
+    /// finds it.
+    pub fn first_attempt_at(&self, received_at: i64) -> i64 {
+        received_at + CLAIM_LEASE.as_millis() as i64
+    }
+
     /// Hands a committed message to delivery.
     pub fn submit(self, message: &NewMessage) {
         let recipients = message
@@ -234,14 +242,10 @@ impl Engine {
         let recipients = self.drop_suppressed(&message, recipients).await;
         let mut by_domain: Vec<(String, Vec<DueRecipient>)> = Vec::new();
         for r in recipients {
-            let domain = r
-                .address
-                .rsplit_once('@')
-                .map_or("", |(_, d)| d)
-                .to_ascii_lowercase();
-            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+            let domain = r.address.domain().as_str();
+            match by_domain.iter_mut().find(|(d, _)| d == domain) {
                 Some((_, list)) => list.push(r),
-                None => by_domain.push((domain, vec![r])),
+                None => by_domain.push((domain.to_string(), vec![r])),
             }
         }
         for (domain, recipients) in by_domain {
@@ -289,14 +293,17 @@ impl Engine {
         message: &HeldMessage,
         recipients: Vec<DueRecipient>,
     ) -> Vec<DueRecipient> {
-        let domain = message.sending_domain();
-        if domain.is_empty() {
+        let Some(domain) = message.sending_domain() else {
             return recipients;
-        }
+        };
         let mut send = Vec::with_capacity(recipients.len());
         let mut suppressed = Vec::new();
         for r in recipients {
-            match self.store.suppression(&domain, &r.address).await {
+            match self
+                .store
+                .suppression(domain.as_str(), &r.address.to_string())
+                .await
+            {
                 Ok(Some(s)) => suppressed.push(RecipientUpdate {
                     idx: r.idx,
                     status: RecipientStatus::Suppressed,
@@ -447,19 +454,17 @@ impl Engine {
                 &self.config.hostname,
                 chrono::Utc::now(),
             );
-            if let Some(report) = report {
+            // The summary is the store's view: its sender was a Mailbox when stored.
+            if let Some(report) = report
+                && let Some(sender) = Mailbox::parse(&summary.mail_from)
+            {
                 let now = now_ms();
-                let sender_domain = summary
-                    .mail_from
-                    .rsplit_once('@')
-                    .map_or("", |(_, d)| d)
-                    .to_ascii_lowercase();
                 let dsn = NewMessage {
                     id: QueueId::generate(),
-                    mail_from: String::new(),
+                    mail_from: None,
                     recipients: vec![crate::store::NewRecipient {
-                        address: summary.mail_from.clone(),
-                        local: self.config.relay.local_domains.contains(&sender_domain),
+                        local: self.config.relay.is_local(sender.domain()),
+                        address: sender,
                     }],
                     auth_user: None,
                     smtputf8: summary.smtputf8,
