@@ -40,11 +40,11 @@ async fn main() {
         .nth(1)
         .map_or(300, |n| n.parse().expect("ROUNDS is a number"));
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = SqliteStore::open(dir.path(), 64).expect("the store opens");
+    let store: Arc<dyn Store> = SqliteStore::open(dir.path(), 64).expect("the store opens");
     let domain = outpost::dkim::generate("bench.example", true, chrono::Utc::now())
         .expect("keys are generated");
     store.add_domain(domain).await.expect("the domain is added");
-    let signers = DkimSigners::new(store as Arc<dyn Store>);
+    let signers = DkimSigners::new(store);
     for size in SIZES {
         let message = message(size);
         let mut rounds_us = Vec::new();

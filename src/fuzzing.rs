@@ -515,7 +515,7 @@ fn header_fields_prepended(fields: &str, message: &[u8], with: &[u8]) {
 /// The signature Outpost put first is found by a verifier's parser (mail-auth's),
 /// and its body hash is that of the body where that parser finds it: signing and
 /// verifying agree on where the body starts. (Whether the canonicalization itself is
-/// right is checked against dkimpy in `tests/dkim_verifiers.rs`: mail-auth 0.13's
+/// right is checked against dkimpy in `tests/deliverability/verifiers.rs`: mail-auth 0.13's
 /// own is wrong for bodies ending in white space.)
 fn body_hash_verifies(signed: &[u8]) {
     let parsed = AuthenticatedMessage::parse(signed).expect("a signed message has headers");

@@ -9,7 +9,7 @@
 //! them would have meant re-doing the canonicalization and the formatting anyway,
 //! which is all of signing but the arithmetic, so only `ring` is used here. What
 //! canonicalization is correct is checked against dkimpy, an independent verifier,
-//! on thousands of generated messages (`tests/dkim_verifiers.rs`).
+//! on thousands of generated messages (`tests/deliverability/verifiers.rs`).
 //!
 //! The body is canonicalized and hashed once per message, whatever the number of
 //! keys. The header fields of [`SIGNED_HEADERS`] are each signed one more time than

@@ -1,7 +1,7 @@
 //! Property test: Outpost's DKIM signatures verify with an independent
-//! implementation of RFC 6376, dkimpy (run as `tests/dkim_verifiers/dkimpy.py`).
+//! implementation of RFC 6376, dkimpy (run as `tests/deliverability/dkimpy.py`).
 //!
-//! Thousands of generated messages (see [`Generator`]: From domains of 1 to 5
+//! Thousands of generated messages (`generate_message`: From domains of 1 to 5
 //! labels of 1 to 63 characters, selectors of every length, every mix of Cc,
 //! Reply-To, List-Unsubscribe, folded and long fields, 8-bit and UTF-8 text, long
 //! lines, multipart with attachments, bodies ending in every mix of spaces, tabs and
@@ -335,7 +335,7 @@ impl Dkimpy {
     fn start() -> Dkimpy {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/dkim_verifiers/dkimpy.py"
+            "/tests/deliverability/dkimpy.py"
         );
         let mut child = Command::new("python3")
             .arg(script)
@@ -404,7 +404,7 @@ async fn every_signature_verifies_with_dkimpy() {
     let mut rng = Rng(seed);
 
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), 64).unwrap();
+    let store: Arc<dyn Store> = SqliteStore::open(dir.path(), 64).unwrap();
     // One key pair of each kind, used under every domain and selector: generating
     // an RSA key per domain would take minutes, and keys are not what varies here.
     let keys = outpost::dkim::generate("keys.example", true, chrono::Utc::now()).unwrap();
@@ -437,7 +437,7 @@ async fn every_signature_verifies_with_dkimpy() {
         store.add_domain(domain).await.unwrap();
         domains.push((name, serde_json::Value::Object(records)));
     }
-    let signers = DkimSigners::new(store.clone() as Arc<dyn Store>);
+    let signers = DkimSigners::new(store.clone());
 
     let mut dkimpy = Dkimpy::start();
     let mut signed = Vec::with_capacity(cases);

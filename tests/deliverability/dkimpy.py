@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Verifies DKIM signatures with dkimpy, for tests/dkim_verifiers.rs.
+"""Verifies DKIM signatures with dkimpy, for tests/deliverability/verifiers.rs.
 
 Reads messages from standard input, each as a JSON line
 `{"records": {"<selector>._domainkey.<domain>": "v=DKIM1; ...", ...}, "size": N}`
