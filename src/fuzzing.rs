@@ -23,7 +23,6 @@ use crate::store::{
 };
 use crate::unsubscribe::UnsubscribeKey;
 use mail_auth::AuthenticatedMessage;
-use mail_auth::common::crypto::HashAlgorithm;
 use smtp_proto::Request;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -513,8 +512,11 @@ fn header_fields_prepended(fields: &str, message: &[u8], with: &[u8]) {
     );
 }
 
-/// The body hash of the signature Outpost put first matches the body as a verifier
-/// finds it: signing and verifying agree on where the body starts and what it is.
+/// The signature Outpost put first is found by a verifier's parser (mail-auth's),
+/// and its body hash is that of the body where that parser finds it: signing and
+/// verifying agree on where the body starts. (Whether the canonicalization itself is
+/// right is checked against dkimpy in `tests/deliverability/verifiers.rs`: mail-auth 0.13's
+/// own is wrong for bodies ending in white space.)
 fn body_hash_verifies(signed: &[u8]) {
     let parsed = AuthenticatedMessage::parse(signed).expect("a signed message has headers");
     let ours = &parsed
@@ -522,14 +524,15 @@ fn body_hash_verifies(signed: &[u8]) {
         .first()
         .expect("the verifier finds the signature")
         .header;
-    let algorithm = HashAlgorithm::from(ours.a);
-    let computed = parsed
-        .body_hashes
-        .iter()
-        .find(|(c, h, l, _)| *c == ours.cb && *h == algorithm && *l == ours.l)
-        .map(|(.., hash)| hash)
-        .expect("the verifier hashes the body for the signature");
-    assert_eq!(computed, &ours.bh, "body hash does not verify");
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    crate::dkim::sign::relaxed_body(&signed[parsed.body_offset as usize..], |part| {
+        hash.update(part)
+    });
+    assert_eq!(
+        hash.finish().as_ref(),
+        &ours.bh[..],
+        "body hash does not verify"
+    );
 }
 
 /// The bounce of `original` is a three-part report (unless the original's headers
