@@ -361,6 +361,20 @@ class Interop:
         self.stack.append(exim)
         self.ex_maildir = Maildir(exim.maildir)
 
+    def outpost_check(self):
+        """`outpost check` reads the real Postfix smtpd and Exim: each found by name
+        through `[dns] nameservers`, STARTTLS up, its self-signed certificate named
+        as such. (Its exit status says "warnings", so only the JSON is read.)"""
+        for domain, (mx, _) in RECEIVERS.items():
+            r = harness.cli(self.binary, self.config, "check", mx, "--port", str(self.mx_port), "--json")
+            harness.check(r.stdout.strip().startswith("{"), f"check {mx}: {r.returncode} {r.stderr}")
+            port = json.loads(r.stdout)["ports"][0]
+            harness.check(port["reachable"] and port["banner"].startswith("220 "), f"{domain}: {port}")
+            harness.check(port["tls"] == "starttls" and port["tls_version"].startswith("TLS 1."),
+                          f"{domain}: {port}")
+            harness.check(port["certificate"]["problem"] == "self-signed", f"{domain}: {port}")
+            harness.check("STARTTLS" not in port["extensions"], f"{domain}: extensions after TLS {port}")
+
     def start_outpost(self):
         self.server = harness.Server(self.binary, self.config)
         self.stack.append(self.server)
@@ -688,6 +702,7 @@ def main():
             if suite.failed > before:
                 print("cannot go on without it", flush=True)
                 return finish(suite, started)
+        suite.run("outpost check reads Postfix smtpd and Exim", run.outpost_check)
         suite.run("smtplib (587, STARTTLS) submits", run.send_smtplib, "smtplib-587", False)
         suite.run("smtplib (465, implicit TLS) submits", run.send_smtplib, "smtplib-465", True)
         suite.run("msmtp submits", run.send_msmtp)
