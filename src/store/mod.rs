@@ -14,9 +14,11 @@
 //! not final and schedules it, so messages that were being delivered when the
 //! process died are delivered again (at least once).
 
+mod dashboard;
 mod sqlite;
 mod types;
 
+pub use dashboard::*;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -46,7 +48,8 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
 
-pub trait Store: Send + Sync {
+/// Everything the relay keeps; the dashboard's reads are a role of their own.
+pub trait Store: DashboardStore + Send + Sync {
     /// Durably stores a message and its envelope; resolves after the commit.
     fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()>;
     /// Messages that still have recipients in a non-final state, oldest first.

@@ -15,6 +15,8 @@
 //! Reads run on a small pool of read-only connections in `spawn_blocking`; WAL lets
 //! them proceed while the writer commits.
 
+mod dashboard;
+
 use super::*;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -153,7 +155,9 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(dashboard::SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
+        dashboard::migrate(&conn).map_err(backend)?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -536,6 +540,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             }
+            dashboard::record_enqueue(conn, &message).map_err(backend)?;
             Ok(())
         }))
     }
@@ -620,8 +625,9 @@ impl Store for SqliteStore {
                 ])
                     .map_err(backend)?;
             }
+            let at = chrono::Utc::now().timestamp_millis();
+            dashboard::record_attempts(conn, &id, &updates, at).map_err(backend)?;
             if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
-                let at = chrono::Utc::now().timestamp_millis();
                 for (u, address) in updates.iter().zip(addresses) {
                     let Some(kind) = EventKind::for_status(u.status) else {
                         continue;
@@ -761,6 +767,12 @@ impl Store for SqliteStore {
                     suppression.created_at
                 ],
             )
+            .and_then(|added| {
+                if added {
+                    dashboard::record_suppression(conn, &suppression).map_err(backend)?;
+                }
+                Ok(added)
+            })
         }))
     }
 
@@ -1006,6 +1018,7 @@ mod tests {
             reply: "r".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         let done = store
             .record_attempt(
@@ -1073,6 +1086,7 @@ mod tests {
             reply: "550 5.1.1 unknown".into(),
             class: Some("bad-mailbox".into()),
             attempted: true,
+            path: Default::default(),
         };
         store.record_attempt(&id, vec![update]).await.unwrap();
         let events = store.events(0, 10).await.unwrap();
@@ -1114,6 +1128,7 @@ mod tests {
             reply: "550 5.1.1 unknown".into(),
             class: Some("bad-mailbox".into()),
             attempted: true,
+            path: Default::default(),
         };
         store.record_attempt(&id, vec![update]).await.unwrap();
         let summary = store.message(&id).await.unwrap().unwrap();
@@ -1213,6 +1228,7 @@ mod tests {
             reply: "451".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         store
             .record_attempt(&id, vec![deferred(0, 30), deferred(1, 1_000_000)])
