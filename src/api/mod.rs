@@ -52,6 +52,8 @@ pub struct ApiContext {
     pub acceptor: Acceptor,
     pub metrics: Arc<Metrics>,
     pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeKey>,
+    /// Recent webhook POSTs, shown on the dashboard.
+    pub webhook_log: Arc<crate::webhooks::DeliveryLog>,
     /// Failed logins per client IP, with the limits of `[auth]` (as for SMTP AUTH).
     throttle: AuthThrottle,
     credentials: crate::auth::CredentialChecker,
@@ -68,6 +70,7 @@ impl ApiContext {
             store: acceptor.store.clone(),
             metrics: acceptor.metrics.clone(),
             unsubscribe: acceptor.unsubscribe.clone(),
+            webhook_log: Arc::default(),
             credentials: crate::auth::CredentialChecker::new(acceptor.store.clone()),
             acceptor,
         }
@@ -242,26 +245,40 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        if ip.is_some_and(|ip| ctx.throttle.is_locked(ip)) {
-            return Err(ApiError::LockedOut);
-        }
         let (name, password) = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(basic_credentials)
             .ok_or(ApiError::Unauthorized)?;
-        match (ctx.credentials.check(&name, &password).await?, ip) {
-            (Some(user), ip) => {
+        ctx.sign_in(ip, &name, &password).await.map(Caller)
+    }
+}
+
+impl ApiContext {
+    /// The one login check of the API and the dashboard: the user when `password`
+    /// is theirs; `LockedOut` once the address has too many failures (counted in
+    /// the shared `[auth]` throttle), `Unavailable` when the store fails.
+    pub async fn sign_in(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        name: &str,
+        password: &str,
+    ) -> Result<AuthenticatedUser, ApiError> {
+        if ip.is_some_and(|ip| self.throttle.is_locked(ip)) {
+            return Err(ApiError::LockedOut);
+        }
+        match self.credentials.check(name, password).await? {
+            Some(user) => {
                 if let Some(ip) = ip {
-                    ctx.throttle.record_success(ip);
+                    self.throttle.record_success(ip);
                 }
-                Ok(Caller(user))
+                Ok(user)
             }
-            (None, ip) => {
-                tracing::warn!(user = %name, ?ip, "HTTP API: authentication failed");
+            None => {
+                tracing::warn!(user = %name, ?ip, "HTTP: authentication failed");
                 if let Some(ip) = ip {
-                    tokio::time::sleep(ctx.throttle.record_failure(ip)).await;
+                    tokio::time::sleep(self.throttle.record_failure(ip)).await;
                 }
                 Err(ApiError::Unauthorized)
             }
@@ -295,7 +312,8 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .merge(health::routes())
         .merge(openapi::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(crate::web::router(ctx))
 }
 
 /// Serves the API on an already bound listener until the task is dropped.
