@@ -14,8 +14,8 @@
 
 use outpost::config::Config;
 use outpost::store::{
-    AttemptPath, NewMessage, NewRecipient, QueueId, RecipientStatus, RecipientUpdate, SqliteStore,
-    Store, UserRecord,
+    AccountStore, AttemptPath, NewMessage, NewRecipient, QueueId, QueueStore, RecipientStatus,
+    RecipientUpdate, SqliteStore, UserRecord,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,7 +104,10 @@ async fn generate(store: Arc<SqliteStore>, total: u64) {
                     },
                 })
                 .collect();
-            store.record_attempt(&id, updates).await.expect("record");
+            store
+                .record_attempt(&id, updates, now)
+                .await
+                .expect("record");
         });
         if n > 0 && n % 100_000 == 0 {
             eprintln!(

@@ -145,13 +145,12 @@ impl Acceptor {
         let size = full.len();
         let rcpts = s.recipients.len();
         // With a place in delivery's window the message goes there directly, and
-        // the store's copy is claimed for the lease so no scan takes it twice.
+        // the queue says when the store's copy is due.
         let reservation = self.queue.as_ref().and_then(|q| q.try_reserve(full.len()));
         let received_at = now.timestamp_millis();
-        let first_attempt_at = match reservation {
-            Some(_) => received_at + crate::queue::CLAIM_LEASE.as_millis() as i64,
-            None => received_at,
-        };
+        let first_attempt_at = reservation
+            .as_ref()
+            .map_or(received_at, |r| r.first_attempt_at(received_at));
         let user = s.user.map(|u| u.name);
         let message = NewMessage {
             id: id.clone(),

@@ -4,7 +4,7 @@
 
 use super::session::{Posted, Viewer};
 use super::{Ctx, Flash, WebContext, WebError, page, sees, time};
-use crate::dkim::check::{self, ThisServer};
+use crate::diagnose::records::{self as check, ThisServer};
 use crate::dkim::records;
 use crate::store::{SendingDomain, StoreError};
 use axum::Router;

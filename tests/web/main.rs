@@ -5,22 +5,20 @@
 //! step's answer is what is asserted. Browser tests of the same pages are in
 //! tests/e2e/web_dashboard.py.
 
-#[path = "../fakes/mod.rs"]
-mod fakes;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod actions;
 mod pages;
 mod sign_in;
 
-use fakes::sink::SmtpSink;
-use outpost::config::Config;
 use outpost::server::Running;
 use outpost::store::UserRecord;
 use reqwest::header::{LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
+use support::fakes::sink::SmtpSink;
 use tempfile::TempDir;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -60,8 +58,7 @@ tls = "none"
             dir = dir.path().display(),
             sink = sink.addr(),
         );
-        let config = Config::from_toml(&text).expect("test configuration is valid");
-        let running = outpost::server::start(Arc::new(config)).await.unwrap();
+        let running = support::common::start_config(&text).await;
         for ((name, password), domains, admin) in [
             (ALICE, vec!["alice.example", "news.alice.example"], false),
             (BOB, vec!["bob.example"], false),

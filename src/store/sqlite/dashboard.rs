@@ -7,7 +7,8 @@
 //! states they count. Counters are upserts on a small table: one row per hour ×
 //! sending domain × provider × outcome × class.
 
-use super::{SqliteStore, domain_of, load_summaries};
+use super::SqliteStore;
+use super::queue::{domain_of, load_summaries};
 use crate::store::dashboard::*;
 use crate::store::{
     NewMessage, QueueId, RecipientStatus, RecipientUpdate, StoreFuture, Suppression,
