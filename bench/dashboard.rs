@@ -13,6 +13,7 @@
 //! With DATA_DIR given and already filled, generation is skipped.
 
 use outpost::config::Config;
+use outpost::smtp::Mailbox;
 use outpost::store::{
     AccountStore, AttemptPath, NewMessage, NewRecipient, QueueId, QueueStore, RecipientStatus,
     RecipientUpdate, SqliteStore, UserRecord,
@@ -61,11 +62,11 @@ async fn generate(store: Arc<SqliteStore>, total: u64) {
             store
                 .enqueue(NewMessage {
                     id: id.clone(),
-                    mail_from: format!("news@{domain}"),
+                    mail_from: Mailbox::parse(&format!("news@{domain}")),
                     recipients: rcpts
                         .iter()
                         .map(|a| NewRecipient {
-                            address: a.clone(),
+                            address: Mailbox::parse(a).expect("an address"),
                             local: false,
                         })
                         .collect(),

@@ -27,6 +27,9 @@ enum Command {
     /// Manage sending users.
     #[command(subcommand)]
     User(cli::user::UserCommand),
+    /// API keys: secrets for applications, instead of a user's password.
+    #[command(subcommand)]
+    Key(cli::keys::KeyCommand),
     /// Inspect and manage the queue.
     #[command(subcommand)]
     Queue(cli::queue::QueueCommand),
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve => cli::serve::run(config).await,
             Command::User(cmd) => cli::user::run(&config, cmd).await,
+            Command::Key(cmd) => cli::keys::run(&config, cmd).await,
             Command::Queue(cmd) => cli::queue::run(&config, cmd).await,
             Command::Send(args) => cli::send::run(&config, args).await,
             Command::Domain(cmd) => cli::domain::run(&config, cmd).await,

@@ -67,15 +67,25 @@ pub fn server_config(
         return Err(read_err(&cert_path, &"no certificate in the file"));
     }
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| read_err(&key_path, &e))?;
-    let config =
+    let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| TlsError::Config(e.to_string()))?;
+    // Session resumption, for clients that connect once per message: tickets (keys
+    // made at start-up, rotated every 6 hours by rustls) and, for TLS 1.2 clients
+    // without ticket support, a session cache. A resumed handshake skips the
+    // certificate and the signature.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok((Arc::new(config), source))
 }
+
+/// TLS 1.2 sessions remembered for resumption (a few hundred bytes each).
+const SESSION_CACHE_ENTRIES: usize = 4096;
 
 /// Validity of a generated certificate: a year and a month, the most browsers
 /// accept (CA/B Forum 398-day limit); it is replaced a month before it ends.

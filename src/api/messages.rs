@@ -134,7 +134,7 @@ impl ApiContext {
 /// The envelope recipient for `mailbox`, marked local when its domain is one of ours.
 fn recipient(config: &Config, mailbox: &Mailbox) -> NewRecipient {
     NewRecipient {
-        address: mailbox.to_string(),
+        address: mailbox.clone(),
         local: config.relay.is_local(mailbox.domain()),
     }
 }
@@ -186,7 +186,7 @@ pub(super) async fn send(
     };
     let to: Vec<String> = submissions
         .iter()
-        .map(|(_, s)| s.recipients[0].address.clone())
+        .map(|(_, s)| s.recipients[0].address.to_string())
         .collect();
     let ids = ctx.accept_all(submissions).await?;
     let messages = ids
@@ -235,7 +235,7 @@ pub(crate) fn compose_all(
         out.push((
             id,
             Submission {
-                mail_from: compose.from.to_string(),
+                mail_from: Some(compose.from.clone()),
                 recipients: vec![recipient(config, rcpt)],
                 user: Some(caller.0.clone()),
                 smtputf8: compose.needs_smtputf8(i),
@@ -270,7 +270,7 @@ pub(super) async fn send_raw(
     let to = submission
         .recipients
         .iter()
-        .map(|r| r.address.clone())
+        .map(|r| r.address.to_string())
         .collect();
     let ids = ctx
         .accept_all(vec![(QueueId::generate(), submission)])
@@ -331,7 +331,7 @@ pub(crate) fn raw_submission(
     check_size(config, "message".into(), content.len())?;
     let smtputf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
     let submission = Submission {
-        mail_from: mail_from.to_string(),
+        mail_from: Some(mail_from),
         recipients: rcpts.iter().map(|r| recipient(config, r)).collect(),
         user: Some(caller.0.clone()),
         smtputf8,

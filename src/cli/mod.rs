@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod domain;
+pub mod keys;
 pub mod queue;
 pub mod send;
 pub mod serve;

@@ -2,7 +2,7 @@
 
 use super::session::{self, LOGIN_COOKIE, Posted, cookie, field, random_token};
 use super::{Ctx, WebContext, WebError, templates};
-use crate::api::ApiError;
+use crate::auth::LoginOutcome;
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -75,9 +75,16 @@ async fn submit(
         ));
     }
     let refuse = |status, text: &str| login_page(&ctx, status, next, username, Some(text));
+    // The one login gate of SMTP AUTH and the API: same throttle, same outcomes.
     Ok(
-        match ctx.api.sign_in(Some(peer.ip()), username, password).await {
-            Ok(user) => {
+        match ctx
+            .api
+            .login
+            .check(peer.ip(), Some(username), password)
+            .await
+        {
+            LoginOutcome::Ok(principal) => {
+                let user = principal.user;
                 tracing::info!(user = %user.name, ip = %peer.ip(), "dashboard sign-in");
                 let session = ctx.sessions.start(&user.name);
                 let clear = ctx.sessions.cookie(LOGIN_COOKIE, "", Some(0));
@@ -90,15 +97,15 @@ async fn submit(
                 headers.append(header::SET_COOKIE, clear.parse().expect("cookie is ASCII"));
                 response
             }
-            Err(ApiError::LockedOut) => refuse(
+            LoginOutcome::Locked(_) => refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many failed sign-ins from your address. Wait a few minutes, then try again.",
             ),
-            Err(ApiError::Unavailable(_)) => refuse(
+            LoginOutcome::Unavailable(_) => refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Sign-in is unavailable right now (the store did not answer). Try again in a moment.",
             ),
-            Err(_) => refuse(StatusCode::UNAUTHORIZED, "Wrong user name or password."),
+            LoginOutcome::Wrong => refuse(StatusCode::UNAUTHORIZED, "Wrong user name or password."),
         },
     )
 }

@@ -5,8 +5,8 @@
 //! are embedded in the binary. Read pages work without JavaScript (`app.js` only
 //! adds copy buttons and "select all"). Charts are SVG drawn here.
 //!
-//! Sign-in goes through the same login check and throttle as the API
-//! ([`crate::api::ApiContext::sign_in`]). A session is a random token in an
+//! Sign-in goes through the login gate of SMTP AUTH and the API
+//! ([`crate::auth::LoginGate`]): one throttle for all three. A session is a random token in an
 //! `HttpOnly; SameSite=Strict` cookie (`Secure` when `http.public_url` is https)
 //! that expires after `http.session_idle` without a request. Every POST carries the
 //! session's CSRF token; a form without it is refused with `403`.

@@ -8,7 +8,7 @@
 //! sending domain × provider × outcome × class.
 
 use super::SqliteStore;
-use super::queue::{domain_of, load_summaries};
+use super::queue::load_summaries;
 use crate::store::dashboard::*;
 use crate::store::{
     NewMessage, QueueId, RecipientStatus, RecipientUpdate, StoreFuture, Suppression,
@@ -61,6 +61,14 @@ END;
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// The domain of a stored address, lower case; empty for the null sender.
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 fn bump(
     conn: &Connection,
     at: i64,
@@ -100,7 +108,15 @@ fn protocol(headers: &[u8]) -> String {
 /// At enqueue: the message's facts, its search text and the `accepted` counter.
 pub(super) fn record_enqueue(conn: &Connection, message: &NewMessage) -> rusqlite::Result<()> {
     let headers = crate::message::header_block(&message.content);
-    let sending_domain = domain_of(&message.mail_from);
+    let sending_domain = message
+        .mail_from
+        .as_ref()
+        .map_or(String::new(), |m| m.domain().as_str().to_ascii_lowercase());
+    let sender = message
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let subject = crate::message::subject(&message.content);
     conn.prepare_cached(
         "INSERT INTO message_info (id, sending_domain, subject, protocol, dkim) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -112,10 +128,10 @@ pub(super) fn record_enqueue(conn: &Connection, message: &NewMessage) -> rusqlit
         protocol(headers),
         crate::message::has_header(headers, "DKIM-Signature"),
     ])?;
-    let mut text = format!("{} {} {}", message.id, message.mail_from, subject);
+    let mut text = format!("{} {sender} {subject}", message.id);
     for r in &message.recipients {
         text.push(' ');
-        text.push_str(&r.address);
+        text.push_str(&r.address.to_string());
     }
     conn.prepare_cached(
         "INSERT INTO message_search (rowid, text) SELECT rowid, ?2 FROM messages WHERE id = ?1",
