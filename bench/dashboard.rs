@@ -10,7 +10,8 @@
 //! requests (server-side rendering included): the overview for 1 h / 24 h / 7 d,
 //! a search by recipient, a search by subject word, the first page of messages and
 //! a message page. Prints the median and p95 of 20 requests each, after a warm-up.
-//! With DATA_DIR given and already filled, generation is skipped.
+//! With DATA_DIR given, a run stopped during generation resumes there, and one
+//! that finished measures again without generating.
 
 use outpost::config::Config;
 use outpost::smtp::Mailbox;
@@ -38,12 +39,20 @@ fn id_at(ms: i64, n: u64) -> QueueId {
         .expect("well-formed id")
 }
 
-async fn generate(store: Arc<SqliteStore>, total: u64) {
+/// Messages already stored in the database of `dir`.
+fn stored(dir: &std::path::Path) -> u64 {
+    rusqlite::Connection::open(dir.join("outpost.db"))
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0)))
+        .map_or(0, |n| n as u64)
+}
+
+/// Stores messages `from..total` (a stopped run resumes where it stopped).
+async fn generate(store: Arc<SqliteStore>, from: u64, total: u64) {
     let now = chrono::Utc::now().timestamp_millis();
     let week = 7 * 24 * 3_600_000i64;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..total {
+    for n in from..total {
         if tasks.len() >= CONCURRENCY {
             tasks.join_next().await.expect("a task").expect("task ran");
         }
@@ -121,7 +130,8 @@ async fn generate(store: Arc<SqliteStore>, total: u64) {
         done.expect("task ran");
     }
     eprintln!(
-        "{total} messages generated in {:.1} s",
+        "{} messages generated in {:.1} s",
+        total - from,
         started.elapsed().as_secs_f64()
     );
 }
@@ -205,6 +215,7 @@ async fn main() {
     let temp = tempfile_dir();
     let dir = keep.clone().unwrap_or_else(|| temp.clone());
     let fresh = !dir.join("outpost.db").exists();
+    let already = stored(&dir);
     {
         let store = SqliteStore::open(&dir, 256).expect("store");
         if fresh {
@@ -222,9 +233,18 @@ async fn main() {
                     .await
                     .expect("user");
             }
-            generate(store.clone(), total).await;
+        }
+        if already < total {
+            // Writes were in flight when a run stopped: skip past them.
+            let from = if already == 0 {
+                0
+            } else {
+                already + 2 * CONCURRENCY as u64
+            };
+            generate(store.clone(), from, total).await;
         }
     }
+    let total = stored(&dir);
     let text = format!(
         "hostname = \"bench.test\"\ndata_dir = \"{}\"\n[http]\naddr = \"127.0.0.1:0\"\n[delivery]\npaused = true\n",
         dir.display()
