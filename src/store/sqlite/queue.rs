@@ -23,7 +23,7 @@ fn stored_sender(text: &str) -> rusqlite::Result<Option<Mailbox>> {
     (!text.is_empty()).then(|| stored_mailbox(text)).transpose()
 }
 
-fn load_summaries(
+pub(super) fn load_summaries(
     conn: &Connection,
     where_sql: &str,
     arg: &dyn rusqlite::ToSql,
@@ -226,6 +226,7 @@ impl QueueStore for SqliteStore {
                 )
                 .map_err(backend)?;
             }
+            super::dashboard::record_enqueue(conn, &message).map_err(backend)?;
             Ok(())
         }))
     }
@@ -311,6 +312,7 @@ impl QueueStore for SqliteStore {
                 ])
                     .map_err(backend)?;
             }
+            super::dashboard::record_attempts(conn, &id, &updates, now).map_err(backend)?;
             if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
                 for (u, address) in updates.iter().zip(addresses) {
                     let Some(kind) = EventKind::for_status(u.status) else {
@@ -460,6 +462,7 @@ mod tests {
             reply: "r".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         let done = store
             .record_attempt(
@@ -529,6 +532,7 @@ mod tests {
             reply: "451".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         store
             .record_attempt(&id, vec![deferred(0, 30), deferred(1, 1_000_000)], 10)
