@@ -1,6 +1,8 @@
 //! The `outpost` command line: parses arguments, loads the configuration, and calls
 //! the library. Nothing else lives here.
 
+mod cli;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost::auth::password;
@@ -53,6 +55,9 @@ enum Command {
     },
     /// Bulk send from a CSV file through the HTTP API, with a progress bar.
     Send(SendArgs),
+    /// What Outpost makes of a failure reply or a bounce email.
+    #[command(subcommand)]
+    Bounce(cli::bounce::BounceCommand),
 }
 
 #[derive(Subcommand)]
@@ -208,6 +213,7 @@ fn main() -> Result<()> {
             Command::Send(args) => send(&config, args).await,
             Command::Domain(cmd) => domain(&config, cmd).await,
             Command::Suppress(cmd) => suppress(&config, cmd).await,
+            Command::Bounce(cmd) => cli::bounce::run(cmd),
             Command::Check {
                 host,
                 ports,

@@ -2,6 +2,7 @@
 //! one reused connection, and records each recipient's outcome.
 
 use super::{Engine, HeldMessage, Job, now_ms, retry};
+use crate::bounce::return_path::{self, ReturnPath};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
@@ -43,8 +44,9 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             },
         };
         let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
+        let mail_from = engine.envelope_sender(&job);
         let envelope = Envelope {
-            mail_from: &job.message.mail_from,
+            mail_from: &mail_from,
             recipients: &recipients,
             smtputf8: job.message.smtputf8,
             content: &content,
@@ -119,6 +121,28 @@ pub(super) enum Attempt {
 }
 
 impl Engine {
+    /// The envelope sender of a delivery: the message's signed return path
+    /// (`bounce::return_path`) naming it and, when the transaction has one, its
+    /// recipient; the null sender stays null (RFC 5321 §6.1).
+    fn envelope_sender(&self, job: &Job) -> String {
+        let from = &job.message.mail_from;
+        if from.is_empty() || !self.config.deliverability.return_path {
+            return from.clone();
+        }
+        let rp = ReturnPath {
+            message: job.message.id.clone(),
+            recipient: match job.recipients.as_slice() {
+                [only] => Some(only.idx),
+                _ => None,
+            },
+        };
+        let host = return_path::host_for(
+            &self.config.relay.local_domains,
+            &job.message.sending_domain(),
+        );
+        return_path::address(&self.return_path_key, &rp, host)
+    }
+
     async fn open(&self, domain: &str) -> Result<SmtpClient, RemoteReply> {
         let destination =
             outbound::destination(&self.config, self.resolver.as_ref(), domain).await?;
@@ -176,12 +200,12 @@ impl Engine {
             .iter()
             .zip(replies)
             .map(|(recipient, reply)| {
-                let class = (!reply.is_positive())
-                    .then(|| classify(reply.code, reply.enhanced, &reply.text));
+                let verdict = (!reply.is_positive())
+                    .then(|| classify(reply.code, reply.enhanced, &reply.text, reply.stage));
                 let (status, next_attempt, text) = if reply.is_positive() {
                     (RecipientStatus::Delivered, 0, reply.to_string())
                 } else if reply.is_permanent() {
-                    if class.is_some_and(|c| c.suppresses()) {
+                    if verdict.as_ref().is_some_and(|v| v.suppress) {
                         suppress.push((recipient.address.clone(), reply.to_string()));
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
@@ -206,7 +230,7 @@ impl Engine {
                     status,
                     next_attempt,
                     reply: text,
-                    class: class.map(|c| c.as_str().to_string()),
+                    class: verdict.map(|v| v.class.as_str().to_string()),
                     attempted,
                 }
             })
