@@ -108,6 +108,11 @@ impl Stage {
             ("after rcpt to", Stage::Rcpt),
             (">>> rcpt to", Stage::Rcpt),
             ("[rcpt_to]", Stage::Rcpt),
+            // qmail: "does not like recipient", "does not like sender", "failed
+            // after I sent the message".
+            ("does not like recipient", Stage::Rcpt),
+            ("does not like sender", Stage::Mail),
+            ("failed after i sent the message", Stage::Data),
             ("in reply to mail from", Stage::Mail),
             ("after mail from", Stage::Mail),
             (">>> mail from", Stage::Mail),
@@ -181,6 +186,8 @@ const SENDER_RULES: &[Words] = &[
             "authentication check",
             "sender policy framework",
             "domainkeys",
+            "smtp authentication",
+            "authentication required",
         ],
     },
     Words {
@@ -219,6 +226,8 @@ const SENDER_RULES: &[Words] = &[
             "sorbs",
             "barracuda",
             "reputation",
+            "complaints",
+            "banned sending",
             "client host rejected",
             "client host blocked",
             "listed at",
@@ -242,6 +251,7 @@ const SENDER_RULES: &[Words] = &[
             "too many sessions",
             "connection limit",
             "throttl",
+            "frequency limit",
             "slow down",
             "unusual rate",
             "sending rate",
@@ -288,6 +298,24 @@ const SENDER_RULES: &[Words] = &[
     },
     Words {
         class: BounceClass::Policy,
+        why: "the message's form breaks the receiver's rules (RFC 5322)",
+        words: &["rfc 5322", "rfc 2822", "rfc5322", "not compliant"],
+    },
+    Words {
+        class: BounceClass::SpamBlock,
+        why: "the message was refused as spam or malware",
+        words: &[
+            "spam",
+            "unsolicited",
+            "ube",
+            "virus",
+            "malware",
+            "infected",
+            "phish",
+        ],
+    },
+    Words {
+        class: BounceClass::Policy,
         why: "relaying was denied",
         words: &[
             "relay",
@@ -312,6 +340,7 @@ const RECIPIENT_RULES: &[Words] = &[
             "out of storage",
             "insufficient storage",
             "storage space",
+            "mailbox exceeds",
             "exceeded storage",
             "full mailbox",
             "mail box full",
@@ -352,6 +381,7 @@ const RECIPIENT_RULES: &[Words] = &[
             "not accepting network messages",
             "not accepting mail",
             "no mx",
+            "no smtp service",
             "mx record",
             "domain may not exist",
             "dns lookup failure",
@@ -362,20 +392,44 @@ const RECIPIENT_RULES: &[Words] = &[
     },
     Words {
         class: BounceClass::SpamBlock,
-        why: "the message was refused as spam or malware",
+        why: "the message or its sender was blocked",
         words: &[
-            "spam",
-            "unsolicited",
-            "ube",
             "junk",
             "bulk mail",
-            "virus",
-            "malware",
-            "infected",
-            "phish",
             "blocked",
             "mail rejected",
             "mail rejete",
+        ],
+    },
+    Words {
+        class: BounceClass::Other,
+        why: "the receiving system failed",
+        words: &[
+            "mailer error",
+            "system error",
+            "internal error",
+            "system problem",
+            "local problem",
+            "disk space",
+            "out of memory",
+        ],
+    },
+    Words {
+        class: BounceClass::Policy,
+        why: "refused by the receiver's policy or for the message's form",
+        words: &[
+            "policy",
+            "permission",
+            "denied",
+            "not permitted",
+            "prohibited",
+            "not allowed",
+            "filtered",
+            "rfc 5322",
+            "rfc 2822",
+            "not compliant",
+            "refused",
+            "rejected",
         ],
     },
 ];
@@ -421,7 +475,6 @@ const NOT_EXIST: &[&str] = &[
     "address not found",
     "address unknown",
     "unknown address",
-    "address rejected",
     "destinataire invalide",
     "does not exist",
     "doesn't exist",
@@ -438,6 +491,8 @@ const NOT_EXIST: &[&str] = &[
     "unrouteable address",
     "not our customer",
     "no account",
+    "couldn't be found",
+    "could not be found",
 ];
 
 /// The class of a failure reply: `code` is the SMTP code, `enhanced` the RFC 3463
@@ -475,7 +530,9 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
 
     let mailbox = mailbox_evidence(enhanced, &lower);
     if let Some((class, why)) = by_recipient_code(enhanced) {
-        if mailbox.is_none() {
+        // A specific code beats the words, unless a code itself says the mailbox
+        // does not exist (Microsoft's x.1.10).
+        if !matches!(mailbox, Some(Mailbox::Absent { by_code: true })) {
             return verdict(class, why);
         }
     }
@@ -505,6 +562,11 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
                         BounceClass::Policy,
                         "\"no such user\" after DATA without an x.1.x code: a content filter's refusal for the whole message, not evidence about this address",
                     )
+                } else if stage != Stage::Rcpt && !by_code && !names_recipient(&lower) {
+                    verdict(
+                        BounceClass::Policy,
+                        "\"no such user\" with no x.1.1 code, no stage and no address named: receivers' filters refuse with these words too, so it is not taken as evidence about this address",
+                    )
                 } else {
                     Verdict {
                         class: BounceClass::BadMailbox,
@@ -520,6 +582,12 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
         };
     }
     if let Some(rule) = first_match(&RECIPIENT_RULES[3..], &lower) {
+        if stage == Stage::Connect && rule.class == BounceClass::Policy {
+            return verdict(
+                BounceClass::SpamBlock,
+                "refused at connection, before any message: about the sending IP",
+            );
+        }
         return verdict(rule.class, rule.why);
     }
     if let Some((class, why)) = by_generic_code(enhanced) {
@@ -539,6 +607,25 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
     }
 }
 
+/// True when the reply names an address the way servers answer RCPT about one
+/// recipient: Sendmail's `<a@b>... User unknown` (or `a@b... `), Postfix's `<a@b>:
+/// Recipient address rejected`. A content filter's refusal after DATA is for the
+/// whole message and names nobody (`550 : User unknown`).
+fn names_recipient(lower: &str) -> bool {
+    lower.match_indices('@').any(|(at, _)| {
+        let after = &lower[at + 1..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            .unwrap_or(after.len());
+        let domain = after[..end].trim_end_matches('.');
+        let follows = &after[domain.len()..];
+        domain.contains('.')
+            && [">:", ">...", "...", "]:"]
+                .iter()
+                .any(|f| follows.starts_with(f))
+    })
+}
+
 enum Mailbox {
     Disabled,
     /// `by_code`: an x.1.1/x.1.3/x.1.6 code says so, not only the words.
@@ -551,25 +638,27 @@ enum Mailbox {
 /// sign wins over "disabled" words: Apple's `5.1.1 inactive email address` is a
 /// deleted one, Yahoo's `5.2.1 User Unknown` an unknown one.
 fn mailbox_evidence(enhanced: Option<[u8; 3]>, lower: &str) -> Option<Mailbox> {
-    let by_code = matches!(enhanced, Some([_, 1, 1 | 3 | 6]));
+    let mut by_code = matches!(enhanced, Some([_, 1, 1 | 3 | 6]));
     // Microsoft 365 refuses unknown recipients of directory-checked domains with
-    // `550 5.4.1 Recipient address rejected: Access denied`.
-    let microsoft_unknown = lower.contains("recipient address rejected: access denied");
-    if by_code || microsoft_unknown || NOT_EXIST.iter().any(|w| lower.contains(w)) {
-        // "address rejected" alone is Postfix's prefix; with disabled words it is
-        // a disabled account.
-        if !by_code
-            && DISABLED.iter().any(|w| lower.contains(w))
-            && !NOT_EXIST
-                .iter()
-                .filter(|w| **w != "address rejected")
-                .any(|w| lower.contains(w))
-        {
-            return Some(Mailbox::Disabled);
-        }
+    // `550 5.4.1 Recipient address rejected: Access denied`; Postfix's "Recipient
+    // address rejected:" is otherwise only a prefix, and evidence only when no
+    // reason follows it.
+    let bare_rejection = lower
+        .trim_end_matches(['.', ' ', '\''])
+        .ends_with("address rejected")
+        || lower.contains("recipient address rejected: access denied");
+    // A hedge ("the group may not exist, or you may not have permission") is no
+    // evidence.
+    let hedged = lower.contains("may not exist") || lower.contains("might not exist");
+    let disabled = DISABLED.iter().any(|w| contains_word(lower, w));
+    let absent = !hedged && (bare_rejection || NOT_EXIST.iter().any(|w| lower.contains(w)));
+    // RFC 7505's x.1.10 is a null MX, but Microsoft 365 answers unknown recipients
+    // with `5.1.10 RESOLVER.ADR.RecipientNotFound`.
+    by_code |= absent && matches!(enhanced, Some([_, 1, 10]));
+    if by_code || (absent && !disabled) {
         return Some(Mailbox::Absent { by_code });
     }
-    if matches!(enhanced, Some([_, 2, 1])) || DISABLED.iter().any(|w| lower.contains(w)) {
+    if absent || disabled || matches!(enhanced, Some([_, 2, 1])) {
         return Some(Mailbox::Disabled);
     }
     None
@@ -607,9 +696,9 @@ fn by_sender_code(enhanced: Option<[u8; 3]>) -> Option<(BounceClass, &'static st
         ),
         (7, 28) => (BounceClass::RateLimited, "x.7.28: mail flood, slow down"),
         (7, 4 | 5 | 10 | 11) => (BounceClass::Tls, "x.7.4/5/10/11: TLS required or failed"),
-        (4, 5) | (5, 3) => (
+        (5, 3) => (
             BounceClass::RateLimited,
-            "x.4.5/x.5.3: the receiver is congested or wants fewer recipients",
+            "x.5.3: too many recipients for the receiver",
         ),
         _ => return None,
     })
@@ -619,14 +708,18 @@ fn by_sender_code(enhanced: Option<[u8; 3]>) -> Option<(BounceClass, &'static st
 fn by_recipient_code(enhanced: Option<[u8; 3]>) -> Option<(BounceClass, &'static str)> {
     let [_, subject, detail] = enhanced?;
     Some(match (subject, detail) {
-        (1, 2) | (1, 10) | (4, 4) | (3, 2) => (
+        (1, 2) | (1, 10) | (4, 3) | (4, 4) | (3, 2) => (
             BounceClass::Dns,
-            "x.1.2/x.1.10/x.4.4/x.3.2: the domain does not exist or accepts no mail",
+            "x.1.2/x.1.10/x.4.3/x.4.4/x.3.2: the domain cannot be resolved or accepts no mail",
         ),
         (2, 2) => (BounceClass::MailboxFull, "x.2.2: mailbox over quota"),
         (2, 3) | (3, 4) => (
             BounceClass::MessageTooBig,
             "x.2.3/x.3.4: message larger than accepted",
+        ),
+        (6, _) => (
+            BounceClass::Policy,
+            "x.6.x: the message's content or format was refused",
         ),
         _ => return None,
     })
@@ -726,12 +819,24 @@ mod tests {
                 BadMailbox,
                 true,
             ),
+            // Words alone, with no code, stage or address: not evidence enough.
             (
                 "550 5.5.0 Requested action not taken: mailbox unavailable",
+                Policy,
+                false,
+            ),
+            ("550 No such user here", Policy, false),
+            ("550 <a@b.example>... No such user here", BadMailbox, true),
+            (
+                "550 <a@b.example>: Recipient address rejected: User unknown in local recipient table",
                 BadMailbox,
                 true,
             ),
-            ("550 No such user here", BadMailbox, true),
+            (
+                "550 <a@b.example>: Recipient address rejected: Policy violation",
+                Policy,
+                false,
+            ),
             (
                 "553 5.1.3 The recipient address <foo> is not a valid RFC-5321 address",
                 BadMailbox,
@@ -781,7 +886,7 @@ mod tests {
             ),
             (
                 "550 5.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
-                SpamBlock,
+                Policy,
                 false,
             ),
             ("501 5.1.8 Sender address rejected", Policy, false),
@@ -861,8 +966,7 @@ mod tests {
     fn the_stage_decides_what_the_words_cannot() {
         let unknown = |stage| classify(550, None, "User unknown", stage);
         assert!(unknown(Stage::Rcpt).suppress);
-        assert!(unknown(Stage::Unknown).suppress);
-        for stage in [Stage::Connect, Stage::Mail, Stage::Data] {
+        for stage in [Stage::Connect, Stage::Mail, Stage::Data, Stage::Unknown] {
             let v = unknown(stage);
             assert!(!v.suppress, "{stage:?}: {}", v.why);
         }

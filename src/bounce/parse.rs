@@ -295,7 +295,7 @@ fn dsn_recipients(fields_text: &str, text: &str) -> Vec<ReportRecipient> {
             .filter(|d| !d.is_empty())
             .map(str::to_string)
             .or_else(|| diagnostic_in_text(text, &address))
-            .unwrap_or_default();
+            .unwrap_or_else(|| paragraph_of(text, &address));
         recipients.push(recipient(address, status, diagnostic, text, &action));
     }
     recipients
@@ -393,6 +393,20 @@ fn near(text: &str, address: &str) -> String {
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(text.len());
     text[start..end].to_string()
+}
+
+/// The paragraph of `text` that names `address`, or the text's first paragraph
+/// that speaks of a failure: a report's prose when it gives no reply.
+fn paragraph_of(text: &str, address: &str) -> String {
+    let normalized = text.replace("\r\n", "\n");
+    let paragraphs: Vec<&str> = normalized.split("\n\n").collect();
+    let lower = address.to_ascii_lowercase();
+    paragraphs
+        .iter()
+        .find(|p| p.to_ascii_lowercase().contains(&lower))
+        .or_else(|| paragraphs.iter().find(|p| mentions_failure(p)))
+        .map(|p| clip(p))
+        .unwrap_or_default()
 }
 
 /// The SMTP reply inside a diagnostic: its code, its enhanced code and the text
@@ -542,17 +556,27 @@ fn text_recipients(message: &Message<'_>, text: &str) -> Vec<ReportRecipient> {
                     .copied()
                     .filter(|&e| e != usize::MAX)
                     .unwrap_or(lines.len());
+                // The reason runs to the next address, or to the first blank line
+                // after it.
                 let mut block = rest.clone();
                 for l in &lines[line + 1..end] {
+                    if l.trim().is_empty() && !block.trim().is_empty() {
+                        break;
+                    }
                     block.push('\n');
                     block.push_str(l);
                 }
                 let block = clip(&block);
-                if reply_in(&block).0.is_none() && block.len() < 40 {
-                    // The reason is elsewhere (Sendmail's transcript below the list).
-                    diagnostic_in_text(text, address).unwrap_or(block)
-                } else {
+                if reply_in(&block).0.is_some() {
                     block
+                } else {
+                    // The reply is elsewhere (Sendmail's transcript below the list,
+                    // Gmail's "technical details" further down).
+                    match diagnostic_in_text(text, address) {
+                        Some(reply) if block.is_empty() => reply,
+                        Some(reply) => clip(&format!("{block} {reply}")),
+                        None => block,
+                    }
                 }
             };
             let status = enhanced_in(&block);
