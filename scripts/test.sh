@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (the one the README cites; CI runs it through .ci/run):
 #
-#   1. `cargo test --no-fail-fast`: unit tests, session tests and the black-box tests in tests/*.rs
-#      (among them tests/crash.rs). It also builds target/debug/outpost.
+#   1. `cargo test --features fuzzing --no-fail-fast`: unit tests, session tests and the
+#      black-box tests in tests/ (one binary per subsystem folder; the feature adds the
+#      fuzz-seed replay, tests/fuzz_seeds.rs). It also builds target/debug/outpost.
 #   2. every end-to-end suite tests/e2e/*.py, run as `python3 SUITE BINARY` against
 #      that binary with real clients. New suites are picked up automatically. They
 #      need python3, swaks (with libnet-ssleay-perl) and openssl; .ci/run installs them.
@@ -21,7 +22,7 @@ status=0
 
 echo "== cargo test"
 cargo_status=0
-cargo test --no-fail-fast 2>&1 | tee "$logs/cargo.log" || cargo_status=1
+cargo test --features fuzzing --no-fail-fast 2>&1 | tee "$logs/cargo.log" || cargo_status=1
 
 shopt -s nullglob
 suites=(tests/e2e/*.py)

@@ -145,13 +145,12 @@ impl Acceptor {
         let size = full.len();
         let rcpts = s.recipients.len();
         // With a place in delivery's window the message goes there directly, and
-        // the store's copy is claimed for the lease so no scan takes it twice.
+        // the queue says when the store's copy is due.
         let reservation = self.queue.as_ref().and_then(|q| q.try_reserve(full.len()));
         let received_at = now.timestamp_millis();
-        let first_attempt_at = match reservation {
-            Some(_) => received_at + crate::queue::CLAIM_LEASE.as_millis() as i64,
-            None => received_at,
-        };
+        let first_attempt_at = reservation
+            .as_ref()
+            .map_or(received_at, |r| r.first_attempt_at(received_at));
         let user = s.user.map(|u| u.name);
         let message = NewMessage {
             id: id.clone(),
@@ -171,7 +170,32 @@ impl Acceptor {
             reservation.submit(&message);
         }
         self.mailto_unsubscribes(&message.recipients).await;
+        self.feedback(&message).await;
         Ok(id)
+    }
+
+    /// Bounces and complaints for a return path (`b-TOKEN@<local domain>`) are
+    /// matched to the message they are about and recorded (`bounce::feedback`);
+    /// the email itself stays stored as local mail whatever it was. Failures are
+    /// logged: the sender of a bounce cannot act on them.
+    async fn feedback(&self, message: &NewMessage) {
+        let now = message.received_at;
+        for r in message.recipients.iter().filter(|r| r.local) {
+            match crate::bounce::feedback::process(
+                self.store.as_ref(),
+                &self.unsubscribe,
+                &r.address,
+                &message.content,
+                now,
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(queue_id = %message.id, rcpt = %r.address, error = %e, "cannot record a bounce or complaint")
+                }
+            }
+        }
     }
 
     /// Mail to `unsubscribe+TOKEN@<local domain>` (the `List-Unsubscribe` mailto)

@@ -172,6 +172,7 @@ pub async fn apply(store: &dyn Store, u: &Unsubscription) -> Result<bool, StoreE
                 user: Some(u.user.clone()),
                 reply: None,
                 class: None,
+                asynchronous: false,
             }])
             .await?;
         tracing::info!(domain = %u.domain, address = %u.address, "unsubscribed");

@@ -23,7 +23,8 @@ const MAX_SCAN: usize = 10_000;
 pub struct EventView {
     /// The event id; also the paging cursor.
     pub id: i64,
-    /// `accepted`, `delivered`, `deferred`, `bounced`, `suppressed`, `unsubscribed`.
+    /// `accepted`, `delivered`, `deferred`, `bounced`, `suppressed`, `unsubscribed`,
+    /// `complained`.
     pub event: String,
     /// Unix ms.
     pub at: i64,
@@ -37,6 +38,10 @@ pub struct EventView {
     /// Enhanced status code derived from the reply (`5.1.1`).
     pub enhanced_code: Option<String>,
     pub bounce_class: Option<String>,
+    /// True for a bounce or complaint that came back after delivery (to the
+    /// message's return path), rather than a reply during delivery.
+    #[serde(rename = "async", default)]
+    pub asynchronous: bool,
 }
 
 impl From<Event> for EventView {
@@ -54,6 +59,7 @@ impl From<Event> for EventView {
             enhanced_code: e.reply.as_deref().map(status_of),
             reply: e.reply,
             bounce_class: e.class,
+            asynchronous: e.asynchronous,
         }
     }
 }

@@ -135,11 +135,7 @@ impl ApiContext {
 fn recipient(config: &Config, mailbox: &Mailbox) -> NewRecipient {
     NewRecipient {
         address: mailbox.to_string(),
-        local: config
-            .relay
-            .local_domains
-            .iter()
-            .any(|d| d == mailbox.domain().as_str()),
+        local: config.relay.is_local(mailbox.domain()),
     }
 }
 

@@ -24,10 +24,12 @@ mod suppressions;
 mod unsubscribe;
 
 pub use compose::{Compose, Personalized, Recipient, SendRequest};
+pub use events::EventView;
 // For the fuzz checks (`crate::fuzzing::api_json`): the handlers' steps from a
 // request body to what they would store, without a server.
-pub use events::EventView;
+#[cfg(feature = "fuzzing")]
 pub(crate) use messages::{RawRequest, compose_all, raw_submission};
+#[cfg(feature = "fuzzing")]
 pub(crate) use suppressions::{AddSuppression, new_suppression};
 
 use crate::accept::Acceptor;

@@ -11,6 +11,7 @@
 //! building it with a general MIME builder would not make its fields any clearer.
 
 mod classify;
+pub mod feedback;
 mod parse;
 pub mod return_path;
 

@@ -258,10 +258,11 @@ fn fields(block: &str) -> Vec<(String, String)> {
                 value.push(' ');
                 value.push_str(line.trim());
             }
-        } else if let Some((name, value)) = line.split_once(':') {
-            if !name.is_empty() && !name.contains(' ') {
-                out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-            }
+        } else if let Some((name, value)) = line.split_once(':')
+            && !name.is_empty()
+            && !name.contains(' ')
+        {
+            out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
     }
     out
@@ -421,10 +422,10 @@ fn reply_in(diagnostic: &str) -> (Option<u16>, Option<[u8; 3]>, String) {
         if !before_ok {
             continue;
         }
-        if let Some((code, enhanced, text)) = parse_reply_line(&diagnostic[at..]) {
-            if (400..600).contains(&code) {
-                return (Some(code), enhanced, text.to_string());
-            }
+        if let Some((code, enhanced, text)) = parse_reply_line(&diagnostic[at..])
+            && (400..600).contains(&code)
+        {
+            return (Some(code), enhanced, text.to_string());
         }
     }
     (None, None, diagnostic.to_string())

@@ -9,6 +9,7 @@ mod duration;
 
 pub use duration::Duration;
 
+use crate::smtp::Domain;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -107,6 +108,15 @@ pub struct RelayConfig {
     /// to them on port 25. Default: `hostname`.
     #[serde(default)]
     pub local_domains: Vec<String>,
+}
+
+impl RelayConfig {
+    /// Whether Outpost receives mail for `domain` itself: the one answer to "is this
+    /// one of our own domains" for SMTP, the API and the bounce reports the queue
+    /// sends. `local_domains` is lowercased at load, as [`Domain`] is.
+    pub fn is_local(&self, domain: &Domain) -> bool {
+        self.local_domains.iter().any(|d| d == domain.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

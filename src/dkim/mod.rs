@@ -1,6 +1,6 @@
 //! DKIM for registered sending domains (SPEC §5.1, §5.2): key generation, the
-//! signing of accepted messages, the DNS records to publish (`records`) and the
-//! check of what is actually published (`check`).
+//! signing of accepted messages and the DNS records to publish (`records`). The
+//! check of what is actually published is `crate::diagnose::records`.
 //!
 //! Signing uses mail-auth's `DkimSigner`: relaxed/relaxed, rsa-sha256, plus
 //! ed25519-sha256 when the domain has an Ed25519 key (RFC 8463). Keys live in the
@@ -12,7 +12,6 @@
 //! and its sender may relay (an authenticated user or a trusted network); nothing
 //! else is ever signed.
 
-pub mod check;
 pub mod records;
 
 use crate::store::{DkimAlgorithm, DkimKeyRecord, SendingDomain, Store, StoreError};

@@ -107,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         if transaction.recipients.len() >= self.ctx.config.limits.max_recipients {
             return Err(Reply::too_many_recipients());
         }
-        let local = local_domains.iter().any(|d| d == mailbox.domain().as_str());
+        let local = self.ctx.config.relay.is_local(mailbox.domain());
         if !local && !self.may_relay() {
             tracing::warn!(peer = %self.conn.peer, rcpt = %mailbox, "relay denied");
             return Err(Reply::relay_denied());

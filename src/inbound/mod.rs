@@ -20,6 +20,8 @@ mod io;
 mod listener;
 mod mail;
 mod session;
+#[cfg(test)]
+mod tests;
 
 pub use connections::ConnectionLimiter;
 pub use listener::{BindError, BoundListener, bind, serve_listener};

@@ -475,33 +475,41 @@ impl SmtpClient {
         parse_reply(&raw)
     }
 
-    /// Reads the lines of one (possibly multi-line) reply.
     async fn read_reply_bytes(&mut self) -> Result<Vec<u8>, ClientError> {
-        let mut raw = Vec::new();
-        loop {
-            let start = raw.len();
-            let read = tokio::time::timeout(
-                self.timeout,
-                (&mut self.stream)
-                    .take((MAX_REPLY - start) as u64)
-                    .read_until(b'\n', &mut raw),
-            )
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-            if read == 0 {
-                return Err(ClientError::Io("connection closed by the server".into()));
-            }
-            if !raw.ends_with(b"\n") {
-                return Err(ClientError::Protocol);
-            }
-            let line = &raw[start..];
-            if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
-                return Err(ClientError::Protocol);
-            }
-            if line[3] != b'-' {
-                return Ok(raw);
-            }
+        read_reply_bytes(&mut self.stream, self.timeout).await
+    }
+}
+
+/// Reads the lines of one (possibly multi-line) reply, each line within `timeout`.
+/// The one reply reader of every SMTP client here: delivery and `outpost check`.
+pub async fn read_reply_bytes<S: AsyncRead + Unpin>(
+    stream: &mut BufReader<S>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
+    let mut raw = Vec::new();
+    loop {
+        let start = raw.len();
+        let read = tokio::time::timeout(
+            timeout,
+            (&mut *stream)
+                .take((MAX_REPLY - start) as u64)
+                .read_until(b'\n', &mut raw),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+        if read == 0 {
+            return Err(ClientError::Io("connection closed by the server".into()));
+        }
+        if !raw.ends_with(b"\n") {
+            return Err(ClientError::Protocol);
+        }
+        let line = &raw[start..];
+        if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
+            return Err(ClientError::Protocol);
+        }
+        if line[3] != b'-' {
+            return Ok(raw);
         }
     }
 }
@@ -525,7 +533,7 @@ fn closed_after(answered: Vec<RemoteReply>, closed: RemoteReply, n: usize) -> Ve
     replies
 }
 
-fn parse_reply(raw: &[u8]) -> Result<RemoteReply, ClientError> {
+pub fn parse_reply(raw: &[u8]) -> Result<RemoteReply, ClientError> {
     let response = ResponseReceiver::default()
         .parse(&mut raw.iter())
         .map_err(|_| ClientError::Protocol)?;

@@ -5,7 +5,6 @@
 //! [`SmtpClient`] or into the reply to record for the recipients.
 
 pub mod client;
-pub mod probe;
 pub mod tls;
 
 pub use client::{ClientError, Envelope, RemoteReply, SessionParams, SmtpClient};

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::outbound::TlsClient;
+use crate::smtp::Mailbox;
 use crate::store::{
     DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
     RecipientUpdate, Store,
@@ -40,7 +41,7 @@ use window::{Place, Window};
 use worker::Attempt;
 
 /// How long a claim in the store lasts before another scan may take the work again.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
+const CLAIM_LEASE: Duration = Duration::from_secs(600);
 /// How often the scanner looks for due work when nothing wakes it earlier.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Most messages claimed by one scan.
@@ -148,6 +149,14 @@ impl QueueHandle {
 }
 
 impl Reservation {
+    /// When the store's copy of a message received at `received_at` (ms) is first
+    /// due: after the claim lease, since delivery already holds the message, so no
+    /// scan takes it twice; should this process die, the lease runs out and a scan
+    /// finds it.
+    pub fn first_attempt_at(&self, received_at: i64) -> i64 {
+        received_at + CLAIM_LEASE.as_millis() as i64
+    }
+
     /// Hands a committed message to delivery.
     pub fn submit(self, message: &NewMessage) {
         let recipients = message
@@ -454,17 +463,13 @@ impl Engine {
             );
             if let Some(report) = report {
                 let now = now_ms();
-                let sender_domain = summary
-                    .mail_from
-                    .rsplit_once('@')
-                    .map_or("", |(_, d)| d)
-                    .to_ascii_lowercase();
                 let dsn = NewMessage {
                     id: QueueId::generate(),
                     mail_from: String::new(),
                     recipients: vec![crate::store::NewRecipient {
                         address: summary.mail_from.clone(),
-                        local: self.config.relay.local_domains.contains(&sender_domain),
+                        local: Mailbox::parse(&summary.mail_from)
+                            .is_some_and(|sender| self.config.relay.is_local(sender.domain())),
                     }],
                     auth_user: None,
                     smtputf8: summary.smtputf8,

@@ -261,7 +261,11 @@ impl Engine {
     /// Writes recipient outcomes of `message`; sends the bounce report and drops the
     /// content when they were the last ones pending.
     pub(super) async fn commit(&self, message: &HeldMessage, updates: Vec<RecipientUpdate>) {
-        match self.store.record_attempt(&message.id, updates).await {
+        match self
+            .store
+            .record_attempt(&message.id, updates, now_ms())
+            .await
+        {
             Ok(Some(summary)) if summary.needs_bounce_report() => {
                 let content = message.content(self.store.as_ref()).await.ok();
                 self.finish(&summary, content.as_deref().map(|c| c.as_slice()))

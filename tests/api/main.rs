@@ -3,8 +3,8 @@
 //! `[[routes]] domain = "*"`, requests with reqwest. Waits are for conditions with
 //! deadlines, never fixed sleeps.
 
-#[path = "../fakes/mod.rs"]
-mod fakes;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod bad_input;
 mod bulk_send;
@@ -13,13 +13,13 @@ mod tenants;
 mod unsubscribe;
 mod webhooks;
 
-use fakes::sink::SmtpSink;
 use outpost::config::Config;
 use outpost::server::Running;
 use outpost::store::UserRecord;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::fakes::sink::SmtpSink;
 use tempfile::TempDir;
 
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -1,0 +1,154 @@
+//! `outpost domain`: sending domains, their DKIM keys, the DNS records to publish
+//! and the check of what is published.
+
+use super::{domain_name, open_store, resolver};
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use outpost::config::Config;
+use outpost::diagnose::records::{self, Severity};
+use outpost::dns::Resolver;
+use outpost::store::{DomainStore, SendingDomain, SqliteStore};
+
+#[derive(Subcommand)]
+pub enum DomainCommand {
+    /// Register a sending domain and generate its DKIM key (RSA-2048).
+    Add {
+        domain: String,
+        /// Also generate an Ed25519 key; messages are then signed with both.
+        #[arg(long)]
+        ed25519: bool,
+    },
+    /// Registered domains and their DKIM selectors.
+    List,
+    /// Unregister a domain and delete its keys; its mail is no longer signed.
+    Remove { domain: String },
+    /// The DNS records to publish for a domain.
+    Dns {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look up a domain's published records and say what to change.
+    Check {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
+    let name = domain_name(name)?;
+    store
+        .domains()
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+        .with_context(|| format!("{name} is not registered (outpost domain add {name})"))
+}
+
+/// Where bounces go: Outpost's first local domain (the hostname by default).
+fn bounce_domain(config: &Config) -> &str {
+    config
+        .relay
+        .local_domains
+        .first()
+        .map_or(config.hostname.as_str(), String::as_str)
+}
+
+pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
+    let store = open_store(config)?;
+    match cmd {
+        DomainCommand::Add { domain, ed25519 } => {
+            let name = domain_name(&domain)?;
+            let record = outpost::dkim::generate(&name, ed25519, chrono::Utc::now())?;
+            let selectors: Vec<String> = record
+                .keys
+                .iter()
+                .map(|k| format!("{} ({})", k.selector, k.algorithm.as_str()))
+                .collect();
+            store.add_domain(record).await?;
+            println!(
+                "domain {name} added; DKIM selector(s): {}",
+                selectors.join(", ")
+            );
+            println!("publish its records: outpost domain dns {name}");
+        }
+        DomainCommand::List => {
+            for d in store.domains().await? {
+                let selectors: Vec<String> = d
+                    .keys
+                    .iter()
+                    .map(|k| format!("{}:{}", k.algorithm.as_str(), k.selector))
+                    .collect();
+                println!("{}\t{}", d.name, selectors.join(","));
+            }
+        }
+        DomainCommand::Remove { domain } => {
+            let name = domain_name(&domain)?;
+            if !store.remove_domain(&name).await? {
+                bail!("{name} is not registered");
+            }
+            println!("domain {name} removed; its mail is no longer signed");
+        }
+        DomainCommand::Dns { domain, json } => {
+            let record = registered(&store, &domain).await?;
+            // The server's addresses make the SPF suggestion exact; without them the
+            // a: term still covers it.
+            let ips = match resolver(config) {
+                Ok(r) => tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    r.addresses(&config.hostname),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let to_publish = outpost::dkim::records::records(
+                &record,
+                &config.hostname,
+                &ips,
+                bounce_domain(config),
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "records": to_publish }))?
+                );
+            } else {
+                for r in &to_publish {
+                    println!("; {}\n{}", r.purpose, r.zone_line());
+                }
+            }
+        }
+        DomainCommand::Check { domain, json } => {
+            let record = registered(&store, &domain).await?;
+            let resolver = resolver(config)?;
+            let server = records::ThisServer {
+                hostname: &config.hostname,
+                bounce_domain: bounce_domain(config),
+            };
+            let report = records::check(&resolver, &record, &server).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for f in &report.findings {
+                    let mark = match f.severity {
+                        Severity::Ok => "ok  ",
+                        Severity::Warning => "warn",
+                        Severity::Error => "FAIL",
+                    };
+                    println!("{mark} {:<11} {}", f.record, f.message);
+                    if let Some(fix) = &f.fix {
+                        println!("     {:<11} -> {fix}", "");
+                    }
+                }
+            }
+            if report.has_errors() {
+                bail!("{}: some records need changing", report.domain);
+            }
+        }
+    }
+    Ok(())
+}

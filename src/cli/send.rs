@@ -1,0 +1,304 @@
+//! `outpost send`: bulk sending from a CSV file through the HTTP API.
+//!
+//! The CSV's header row names the template variables; one column must be
+//! `email`. Rows go to `POST /v1/messages` in batches as personalized recipients
+//! (`{"email", "vars"}`), so the server renders and checks every message. A batch
+//! refused because of one recipient (`field: "to[i]..."`) is sent again without
+//! it, so one bad row costs only itself. Wrong credentials or a sender domain that
+//! is not the user's stop the run. `--dry-run` renders the first message locally
+//! with the same code the server uses, and sends nothing.
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use outpost::api::{Compose, Personalized, Recipient, SendRequest};
+use outpost::config::Config;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("body").required(true).multiple(true).args(["text", "html"]))]
+pub struct SendArgs {
+    /// Sender address (`addr` or `Name <addr>`), in one of the user's domains.
+    #[arg(long)]
+    from: String,
+    /// Recipients: a CSV file whose header row names the template variables; one
+    /// column must be `email`.
+    #[arg(long)]
+    to_csv: PathBuf,
+    /// Subject (a template).
+    #[arg(long)]
+    subject: String,
+    /// File with the plain-text body (a template).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// File with the HTML body (a template; values are HTML-escaped).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Base URL of the HTTP API. Default: http://[http] addr of the configuration.
+    #[arg(long)]
+    api: Option<String>,
+    /// API user (the SMTP user name).
+    #[arg(long, env = "OUTPOST_USER")]
+    user: Option<String>,
+    /// Read the password from standard input (else $OUTPOST_PASSWORD).
+    #[arg(long)]
+    password_stdin: bool,
+    /// Recipients per request.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Print the first recipient's message and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn run(config: &Config, args: SendArgs) -> Result<()> {
+    let read = |path: &Option<PathBuf>| -> Result<Option<String>> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            })
+            .transpose()
+    };
+    let campaign = Campaign {
+        from: args.from,
+        subject: args.subject,
+        text: read(&args.text)?,
+        html: read(&args.html)?,
+        rows: read_csv(&args.to_csv)?,
+    };
+    if args.dry_run {
+        print!("{}", campaign.dry_run()?);
+        eprintln!(
+            "dry run: {} recipient(s) in the file; nothing sent",
+            campaign.rows.len()
+        );
+        return Ok(());
+    }
+    let Some(user) = args.user else {
+        bail!("give --user (or OUTPOST_USER)");
+    };
+    let password = if args.password_stdin {
+        super::read_secret_from_stdin()?
+    } else {
+        std::env::var("OUTPOST_PASSWORD")
+            .context("give --password-stdin or set OUTPOST_PASSWORD")?
+    };
+    let url = args.api.unwrap_or_else(|| {
+        let addr = config.http.addr;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("http://{host}:{}", addr.port())
+    });
+    let api = Api {
+        url,
+        user,
+        password,
+        batch_size: args.batch_size,
+    };
+    let summary = campaign.send(&api).await?;
+    println!("accepted: {}", summary.accepted);
+    println!("rejected: {}", summary.rejected.len());
+    for (row, email, reason) in &summary.rejected {
+        println!("  row {row} <{email}>: {reason}");
+    }
+    if !summary.rejected.is_empty() {
+        bail!("{} recipient(s) rejected", summary.rejected.len());
+    }
+    Ok(())
+}
+
+/// Attempts for a batch that fails for a reason that may pass (5xx, network).
+const ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Csv(String),
+    #[error("{0}")]
+    Template(String),
+    /// The server refused the whole run (credentials, sender domain).
+    #[error("the server refused the request: {0}")]
+    Refused(String),
+}
+
+/// What to send.
+pub struct Campaign {
+    pub from: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub rows: Vec<Recipient>,
+}
+
+/// Where and as whom.
+pub struct Api {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub accepted: usize,
+    /// (row number in the file, counting the header as row 1; address; reason).
+    pub rejected: Vec<(usize, String, String)>,
+}
+
+/// Reads the recipients: one per data row, every column a template variable.
+pub fn read_csv(path: &Path) -> Result<Vec<Recipient>, SendError> {
+    let err = |e: csv::Error| SendError::Csv(format!("{}: {e}", path.display()));
+    let mut reader = csv::Reader::from_path(path).map_err(err)?;
+    let headers = reader.headers().map_err(err)?.clone();
+    let Some(email) = headers.iter().position(|h| h.trim() == "email") else {
+        return Err(SendError::Csv(format!(
+            "{}: the header row has no `email` column",
+            path.display()
+        )));
+    };
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(err)?;
+        let vars = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, v)| (h.trim().to_string(), serde_json::Value::from(v)))
+            .collect();
+        rows.push(Recipient::Personalized(Personalized {
+            email: record.get(email).unwrap_or_default().trim().to_string(),
+            vars,
+        }));
+    }
+    Ok(rows)
+}
+
+impl Campaign {
+    fn request(&self, to: Vec<Recipient>) -> SendRequest {
+        SendRequest {
+            from: self.from.clone(),
+            to,
+            subject: self.subject.clone(),
+            text: self.text.clone(),
+            html: self.html.clone(),
+            headers: Default::default(),
+            reply_to: None,
+        }
+    }
+
+    /// The first recipient's message as the server would build it (without the
+    /// server's `Received:` and `List-Unsubscribe` fields).
+    pub fn dry_run(&self) -> Result<String, SendError> {
+        let first = self
+            .rows
+            .first()
+            .ok_or_else(|| SendError::Csv("the CSV file has no data rows".into()))?;
+        let request = self.request(vec![first.clone()]);
+        let compose = Compose::new(&request, 1).map_err(|e| SendError::Template(e.to_string()))?;
+        let bytes = compose
+            .message(0, "dry-run@outpost.invalid", &[])
+            .map_err(|e| SendError::Template(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Sends every row in batches, showing progress; returns what was accepted and
+    /// what was rejected, and why.
+    pub async fn send(&self, api: &Api) -> Result<Summary, SendError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| SendError::Refused(e.to_string()))?;
+        let progress = ProgressBar::new(self.rows.len() as u64);
+        progress.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}  {msg}")
+                .expect("static template"),
+        );
+        let mut summary = Summary::default();
+        let numbered: Vec<(usize, &Recipient)> = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i + 2, r))
+            .collect();
+        for chunk in numbered.chunks(api.batch_size.max(1)) {
+            let mut batch = chunk.to_vec();
+            let mut attempt = 0;
+            while !batch.is_empty() {
+                let request = self.request(batch.iter().map(|(_, r)| (*r).clone()).collect());
+                let url = format!("{}/v1/messages", api.url.trim_end_matches('/'));
+                let result = client
+                    .post(&url)
+                    .basic_auth(&api.user, Some(&api.password))
+                    .json(&request)
+                    .send()
+                    .await;
+                let (status, body) = match result {
+                    Ok(r) => {
+                        let status = r.status();
+                        (
+                            status,
+                            r.json::<serde_json::Value>().await.unwrap_or_default(),
+                        )
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        if attempt >= ATTEMPTS {
+                            reject_all(&mut summary, &batch, &format!("cannot reach {url}: {e}"));
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                        continue;
+                    }
+                };
+                let reason = body["error"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_string();
+                if status.is_success() {
+                    summary.accepted += batch.len();
+                    break;
+                }
+                if matches!(status.as_u16(), 401 | 403) {
+                    progress.abandon();
+                    return Err(SendError::Refused(format!("HTTP {status}: {reason}")));
+                }
+                let bad_row = body["field"]
+                    .as_str()
+                    .and_then(|f| f.strip_prefix("to["))
+                    .and_then(|f| f.split(']').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .filter(|i| *i < batch.len());
+                match bad_row {
+                    Some(i) if status.is_client_error() => {
+                        let (row, r) = batch.remove(i);
+                        summary.rejected.push((row, r.email().to_string(), reason));
+                        progress.inc(1);
+                    }
+                    _ if status.is_server_error() && attempt + 1 < ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                    _ => {
+                        reject_all(&mut summary, &batch, &format!("HTTP {status}: {reason}"));
+                        break;
+                    }
+                }
+            }
+            progress.set_position((summary.accepted + summary.rejected.len()) as u64);
+            progress.set_message(format!("{} rejected", summary.rejected.len()));
+        }
+        progress.finish();
+        Ok(summary)
+    }
+}
+
+fn reject_all(summary: &mut Summary, batch: &[(usize, &Recipient)], reason: &str) {
+    for (row, r) in batch {
+        summary
+            .rejected
+            .push((*row, r.email().to_string(), reason.to_string()));
+    }
+}

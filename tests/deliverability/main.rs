@@ -1,0 +1,10 @@
+//! Deliverability (SPEC §5): the DNS record checks of `outpost domain check`, the
+//! port probe of `outpost check`, and DKIM signing and sender policy on relayed mail.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bounce_corpus;
+mod checks;
+mod feedback;
+mod relay;
