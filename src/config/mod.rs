@@ -307,8 +307,7 @@ pub struct RouteConfig {
     pub password: Option<String>,
 }
 
-/// The feedback loop: return paths, and pausing a sending domain whose mail
-/// bounces or is complained about (docs/deliverability.md).
+/// The feedback loop (docs/deliverability.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverabilityConfig {
@@ -316,25 +315,11 @@ pub struct DeliverabilityConfig {
     /// (`b-TOKEN@<return-path host>`) so that later bounces and complaints are
     /// matched to it. Default true.
     pub return_path: bool,
-    /// Complaints per delivered message over 24 h above which a sending domain is
-    /// paused. Default 0.003 (0.3%, the mailbox providers' published ceiling).
-    pub pause_on_complaint_rate: f64,
-    /// Hard bounces (addresses found bad) per delivery attempt over 24 h above which
-    /// a sending domain is paused. Default 0.05.
-    pub pause_on_bounce_rate: f64,
-    /// Deliveries a domain must have made in the 24 h before its rates can pause
-    /// it: one complaint on the first messages is not a rate. Default 100.
-    pub pause_min_volume: u64,
 }
 
 impl Default for DeliverabilityConfig {
     fn default() -> Self {
-        DeliverabilityConfig {
-            return_path: true,
-            pause_on_complaint_rate: 0.003,
-            pause_on_bounce_rate: 0.05,
-            pause_min_volume: 100,
-        }
+        DeliverabilityConfig { return_path: true }
     }
 }
 
@@ -446,17 +431,6 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key must be set together".into());
-        }
-        let d = &self.deliverability;
-        for (key, rate) in [
-            ("pause_on_complaint_rate", d.pause_on_complaint_rate),
-            ("pause_on_bounce_rate", d.pause_on_bounce_rate),
-        ] {
-            if !(rate > 0.0 && rate <= 1.0) {
-                return invalid(format!(
-                    "deliverability.{key} = {rate} must be a fraction in (0, 1]"
-                ));
-            }
         }
         if self.limits.max_line_length < 512 {
             // RFC 5321 §4.5.3.1.4: a command line of 512 octets must be accepted.

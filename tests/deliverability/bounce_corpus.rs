@@ -312,3 +312,99 @@ fn report_targets(score: &Score) {
         },
     );
 }
+
+/// `outpost bounce classify` and `outpost bounce parse` through the binary.
+#[test]
+fn bounce_commands_through_the_cli() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let outpost = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        command.env("RUST_LOG", "warn");
+        command
+    };
+    let one = outpost()
+        .args([
+            "bounce",
+            "classify",
+            "--json",
+            "550 5.1.1 <a@b.example>: user unknown",
+        ])
+        .output()
+        .expect("run outpost");
+    assert!(one.status.success(), "{one:?}");
+    let verdict: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(verdict["reply"], "550 5.1.1 <a@b.example>: user unknown");
+    assert_eq!(verdict["class"], "bad-mailbox");
+    assert_eq!(verdict["suppress"], true);
+    assert!(verdict["why"].as_str().is_some_and(|w| !w.is_empty()));
+
+    // One reply per line on standard input, answered in order.
+    let mut child = outpost()
+        .args(["bounce", "classify", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run outpost");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"501 5.1.8 Sender address rejected\n\n550 5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.spamhaus.org\n452 4.2.2 Mailbox full\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let classes: Vec<(String, bool)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["class"].as_str().unwrap().to_string(),
+                v["suppress"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            ("policy".to_string(), false),
+            ("spam-block".to_string(), false),
+            ("mailbox-full".to_string(), false)
+        ]
+    );
+
+    let bad = outpost()
+        .args(["bounce", "classify", "hello"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an SMTP reply"));
+
+    let file = corpus().join("emails/lhost-qmail-02.eml");
+    let parsed = outpost()
+        .args(["bounce", "parse", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{parsed:?}");
+    let report: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(report["kind"], "dsn");
+    let recipients = report["recipients"].as_array().unwrap();
+    let addresses: Vec<&str> = recipients
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, ["userunknown@example.jp", "filtered@example.jp"]);
+    assert_eq!(recipients[0]["status"], "5.1.1");
+    assert_eq!(recipients[0]["class"], "bad-mailbox");
+    assert_eq!(recipients[0]["suppress"], true);
+    assert!(
+        recipients[0]["diagnostic"]
+            .as_str()
+            .unwrap()
+            .contains("User Unknown")
+    );
+}
