@@ -47,12 +47,10 @@ async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
 }
 
 /// Where bounces go: Outpost's first local domain (the hostname by default).
-fn bounce_domain(config: &Config) -> &str {
-    config
-        .relay
-        .local_domains
-        .first()
-        .map_or(config.hostname.as_str(), String::as_str)
+/// The return-path host of `domain`, where its bounces come back (the host of
+/// the envelope senders Outpost gives its mail, `bounce::return_path`).
+fn bounce_domain<'a>(config: &'a Config, domain: &str) -> &'a str {
+    outpost::bounce::return_path::host_for(&config.relay.local_domains, domain)
 }
 
 pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
@@ -109,7 +107,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
                 &record,
                 &config.hostname,
                 &ips,
-                bounce_domain(config),
+                bounce_domain(config, &record.name),
             );
             if json {
                 println!(
@@ -127,7 +125,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             let resolver = resolver(config)?;
             let server = records::ThisServer {
                 hostname: &config.hostname,
-                bounce_domain: bounce_domain(config),
+                bounce_domain: bounce_domain(config, &record.name),
             };
             let report = records::check(&resolver, &record, &server).await;
             if json {
