@@ -4,6 +4,7 @@
 
 use crate::accept::Acceptor;
 use crate::api::{self, ApiContext};
+use crate::auth::LoginGate;
 use crate::config::{Config, ListenerMode};
 use crate::dns::HickoryResolver;
 use crate::inbound::{self, InboundContext};
@@ -122,11 +123,13 @@ pub async fn start_with_store(
         unsubscribe,
         dkim: Arc::new(crate::dkim::DkimSigners::new(store.clone())),
     };
+    let login = Arc::new(LoginGate::new(store.clone(), &config.auth));
     let ctx = Arc::new(InboundContext::new(
         config.clone(),
         store.clone(),
         tokio_rustls::TlsAcceptor::from(tls_config),
         acceptor.clone(),
+        login.clone(),
     ));
     let connections = ctx.connections.clone();
     let mut tasks = JoinSet::new();
@@ -137,7 +140,7 @@ pub async fn start_with_store(
         tasks.spawn(inbound::serve_listener(ctx.clone(), b));
     }
     tracing::info!(http_addr = %http_addr, "HTTP API listening");
-    tasks.spawn(api::serve(http, Arc::new(ApiContext::new(acceptor))));
+    tasks.spawn(api::serve(http, Arc::new(ApiContext::new(acceptor, login))));
     crate::webhooks::start(
         &config.webhooks,
         &config.data_dir,

@@ -7,6 +7,7 @@
 pub mod bounce;
 pub mod check;
 pub mod domain;
+pub mod keys;
 pub mod queue;
 pub mod send;
 pub mod serve;

@@ -42,6 +42,12 @@ fn read_or_generate_password(from_stdin: bool) -> Result<(String, bool)> {
     if password.len() < 8 {
         bail!("the password must have at least 8 characters");
     }
+    if outpost::auth::api_key::is_key(&password) {
+        bail!(
+            "a password cannot begin with {:?} (that marks API keys)",
+            outpost::auth::api_key::PREFIX
+        );
+    }
     Ok((password, false))
 }
 

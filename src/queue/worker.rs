@@ -6,6 +6,7 @@ use crate::bounce::return_path::{self, ReturnPath};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
+use crate::smtp::Mailbox;
 use crate::store::{RecipientStatus, RecipientUpdate, Suppression};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,10 +44,10 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 }
             },
         };
-        let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
+        let recipients: Vec<Mailbox> = job.recipients.iter().map(|r| r.address.clone()).collect();
         let mail_from = engine.envelope_sender(&job);
         let envelope = Envelope {
-            mail_from: &mail_from,
+            mail_from: mail_from.as_ref(),
             recipients: &recipients,
             smtputf8: job.message.smtputf8,
             content: &content,
@@ -124,10 +125,10 @@ impl Engine {
     /// The envelope sender of a delivery: the message's signed return path
     /// (`bounce::return_path`) naming it and, when the transaction has one, its
     /// recipient; the null sender stays null (RFC 5321 §6.1).
-    fn envelope_sender(&self, job: &Job) -> String {
-        let from = &job.message.mail_from;
-        if from.is_empty() || !self.config.deliverability.return_path {
-            return from.clone();
+    fn envelope_sender(&self, job: &Job) -> Option<Mailbox> {
+        let from = job.message.mail_from.as_ref()?;
+        if !self.config.deliverability.return_path {
+            return Some(from.clone());
         }
         let rp = ReturnPath {
             message: job.message.id.clone(),
@@ -136,11 +137,10 @@ impl Engine {
                 _ => None,
             },
         };
-        let host = return_path::host_for(
-            &self.config.relay.local_domains,
-            &job.message.sending_domain(),
-        );
-        return_path::address(&self.return_path_key, &rp, host)
+        let host = return_path::host_for(&self.config.relay.local_domains, from.domain().as_str());
+        // A local domain is a valid domain and the token is hex: this parses.
+        Mailbox::parse(&return_path::address(&self.return_path_key, &rp, host))
+            .or_else(|| Some(from.clone()))
     }
 
     async fn open(&self, domain: &str) -> Result<SmtpClient, RemoteReply> {
@@ -206,7 +206,7 @@ impl Engine {
                     (RecipientStatus::Delivered, 0, reply.to_string())
                 } else if reply.is_permanent() {
                     if verdict.as_ref().is_some_and(|v| v.suppress) {
-                        suppress.push((recipient.address.clone(), reply.to_string()));
+                        suppress.push((recipient.address.to_string(), reply.to_string()));
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
                 } else if retry::expired(job.message.received_at, delivery.max_age, now) {
@@ -236,10 +236,9 @@ impl Engine {
             })
             .collect();
         self.commit(&job.message, updates).await;
-        let domain = job.message.sending_domain();
-        if domain.is_empty() {
+        let Some(domain) = job.message.sending_domain() else {
             return;
-        }
+        };
         for (address, reply) in suppress {
             let suppression = Suppression {
                 domain: domain.to_string(),

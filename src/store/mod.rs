@@ -19,6 +19,7 @@
 //! | [`SuppressionStore`] | addresses not to send to, per sending domain | `sqlite/suppressions.rs` |
 //! | [`DomainStore`] | sending domains and their DKIM keys | `sqlite/accounts.rs` |
 //! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `sqlite/accounts.rs` |
+//! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `sqlite/api_keys.rs` |
 //!
 //! [`Store`] is all of them together: it has no methods of its own and is
 //! implemented for every type that implements each role, so callers hold one
@@ -39,9 +40,11 @@
 //! not final and schedules it, so messages that were being delivered when the
 //! process died are delivered again (at least once).
 
+mod api_keys;
 mod sqlite;
 mod types;
 
+pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -179,9 +182,18 @@ pub trait AccountStore: Send + Sync {
 }
 
 /// The whole store: every role. Implemented for any type that has them all.
-pub trait Store: QueueStore + EventStore + SuppressionStore + DomainStore + AccountStore {}
+pub trait Store:
+    QueueStore + EventStore + SuppressionStore + DomainStore + AccountStore + ApiKeyStore
+{
+}
 
 impl<T> Store for T where
-    T: QueueStore + EventStore + SuppressionStore + DomainStore + AccountStore + ?Sized
+    T: QueueStore
+        + EventStore
+        + SuppressionStore
+        + DomainStore
+        + AccountStore
+        + ApiKeyStore
+        + ?Sized
 {
 }

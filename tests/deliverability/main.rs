@@ -1,5 +1,6 @@
 //! Deliverability (SPEC §5): the DNS record checks of `outpost domain check`, the
-//! port probe of `outpost check`, and DKIM signing and sender policy on relayed mail.
+//! port probe of `outpost check`, DKIM signing and sender policy on relayed mail,
+//! and Outpost's DKIM signatures checked by an independent verifier (dkimpy).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -8,3 +9,4 @@ mod bounce_corpus;
 mod checks;
 mod feedback;
 mod relay;
+mod verifiers;

@@ -11,9 +11,10 @@
 //! small pool of read-only connections in `spawn_blocking` here; WAL lets them
 //! proceed while the writer commits. Each role of the store (see `store/mod.rs`)
 //! is implemented in its own file: `queue.rs`, `events.rs`, `suppressions.rs`,
-//! `accounts.rs` (domains and users); `schema.rs` creates and migrates the tables.
+//! `accounts.rs` (domains and users), `api_keys.rs`; `schema.rs` creates and migrates the tables.
 
 mod accounts;
+mod api_keys;
 mod events;
 mod queue;
 mod schema;
@@ -108,13 +109,14 @@ fn changes_rows<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) ->
 /// A message from alice to `rcpts`, for the tests of every role.
 #[cfg(test)]
 fn test_message(rcpts: &[&str]) -> NewMessage {
+    use crate::smtp::Mailbox;
     NewMessage {
         id: QueueId::generate(),
-        mail_from: "a@example.com".into(),
+        mail_from: Mailbox::parse("a@example.com"),
         recipients: rcpts
             .iter()
             .map(|r| NewRecipient {
-                address: r.to_string(),
+                address: Mailbox::parse(r).unwrap(),
                 local: false,
             })
             .collect(),

@@ -69,6 +69,16 @@ CREATE TABLE IF NOT EXISTS user_domains (
     domain TEXT NOT NULL,
     PRIMARY KEY (user, domain)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    name TEXT,
+    key_hash BLOB NOT NULL UNIQUE,
+    domains TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user);
 ";
 
 /// Brings a database made by an older version up to the current schema.
