@@ -176,7 +176,32 @@ impl Acceptor {
             reservation.submit(&message);
         }
         self.mailto_unsubscribes(&message.recipients).await;
+        self.feedback(&message).await;
         Ok(id)
+    }
+
+    /// Bounces and complaints for a return path (`b-TOKEN@<local domain>`) are
+    /// matched to the message they are about and recorded (`bounce::feedback`);
+    /// the email itself stays stored as local mail whatever it was. Failures are
+    /// logged: the sender of a bounce cannot act on them.
+    async fn feedback(&self, message: &NewMessage) {
+        let now = message.received_at;
+        for r in message.recipients.iter().filter(|r| r.local) {
+            match crate::bounce::feedback::process(
+                self.store.as_ref(),
+                &self.unsubscribe,
+                &r.address.to_string(),
+                &message.content,
+                now,
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(queue_id = %message.id, rcpt = %r.address, error = %e, "cannot record a bounce or complaint")
+                }
+            }
+        }
     }
 
     /// Mail to `unsubscribe+TOKEN@<local domain>` (the `List-Unsubscribe` mailto)

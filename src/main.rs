@@ -43,6 +43,9 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Bulk send from a CSV file through the HTTP API, with a progress bar.
     Send(cli::send::SendArgs),
+    /// What Outpost makes of a failure reply or a bounce email.
+    #[command(subcommand)]
+    Bounce(cli::bounce::BounceCommand),
 }
 
 fn main() -> Result<()> {
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
             Command::Send(args) => cli::send::run(&config, args).await,
             Command::Domain(cmd) => cli::domain::run(&config, cmd).await,
             Command::Suppress(cmd) => cli::suppress::run(&config, cmd).await,
+            Command::Bounce(cmd) => cli::bounce::run(cmd),
             Command::Check(args) => cli::check::run(&config, args).await,
         }
     })

@@ -76,6 +76,7 @@ pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
             store.clone(),
             Arc::new(resolver),
             metrics.clone(),
+            Arc::new(UnsubscribeKey::load_or_create(&config.data_dir)?),
         ))
     };
     start_with_store(config, store, queue, metrics).await

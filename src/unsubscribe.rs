@@ -19,7 +19,7 @@ use std::path::Path as FsPath;
 /// Local part prefix of the mailto alternative: `unsubscribe+TOKEN@hostname`.
 pub const MAILTO_PREFIX: &str = "unsubscribe+";
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The secret that signs unsubscribe tokens. Constructed in the crate only by
 /// [`UnsubscribeKey::load_or_create`] and by the fuzz checks, which need no file.
@@ -68,6 +68,16 @@ impl UnsubscribeKey {
 
     fn mac(&self, payload: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(payload);
+        mac
+    }
+
+    /// The same key for another kind of token (return paths): `context` is signed
+    /// first, so a token of one kind is never valid as the other.
+    pub(crate) fn mac_for(&self, context: &str, payload: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(context.as_bytes());
+        mac.update(b"\0");
         mac.update(payload);
         mac
     }
@@ -162,6 +172,7 @@ pub async fn apply(store: &dyn Store, u: &Unsubscription) -> Result<bool, StoreE
                 user: Some(u.user.clone()),
                 reply: None,
                 class: None,
+                asynchronous: false,
             }])
             .await?;
         tracing::info!(domain = %u.domain, address = %u.address, "unsubscribed");

@@ -23,7 +23,8 @@ const MAX_SCAN: usize = 10_000;
 pub struct EventView {
     /// The event id; also the paging cursor.
     pub id: i64,
-    /// `accepted`, `delivered`, `deferred`, `bounced`, `suppressed`, `unsubscribed`.
+    /// `accepted`, `delivered`, `deferred`, `bounced`, `suppressed`, `unsubscribed`,
+    /// `complained`.
     pub event: String,
     /// Unix ms.
     pub at: i64,
@@ -38,6 +39,10 @@ pub struct EventView {
     /// has none; null without a reply.
     pub enhanced_code: Option<String>,
     pub bounce_class: Option<String>,
+    /// True for a bounce or complaint that came back after delivery (to the
+    /// message's return path), rather than a reply during delivery.
+    #[serde(rename = "async", default)]
+    pub asynchronous: bool,
 }
 
 impl From<Event> for EventView {
@@ -55,6 +60,7 @@ impl From<Event> for EventView {
             enhanced_code: e.reply.as_deref().and_then(status_of),
             reply: e.reply,
             bounce_class: e.class,
+            asynchronous: e.asynchronous,
         }
     }
 }

@@ -1,17 +1,22 @@
 //! Bounces: the delivery status notification sent to the envelope sender when
 //! recipients fail permanently (RFC 3464, `multipart/report;
-//! report-type=delivery-status`, RFC 6522), and the reading of replies that ask us
-//! to slow down.
+//! report-type=delivery-status`, RFC 6522), the reading of replies that ask us
+//! to slow down, and the reading of the bounces and complaints that come back
+//! (`parse`).
 //!
-//! Every failure is also given a [`BounceClass`] (`classify`), which decides whether
-//! the address is suppressed.
+//! Every failure is also given a [`BounceClass`] and a suppression decision
+//! (`classify`), from its codes, its text and the SMTP stage it came at.
 //!
 //! The report is written out by hand: it is a fixed three-part structure, and
 //! building it with a general MIME builder would not make its fields any clearer.
 
 mod classify;
+pub mod feedback;
+mod parse;
+pub mod return_path;
 
-pub use classify::{BounceClass, classify};
+pub use classify::{BounceClass, Stage, Verdict, classify, enhanced_in, parse_reply_line};
+pub use parse::{Report, ReportKind, ReportRecipient, parse};
 
 use crate::message::header_block;
 use crate::store::{MessageSummary, RecipientStatus};

@@ -46,6 +46,12 @@ async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
         .with_context(|| format!("{name} is not registered (outpost domain add {name})"))
 }
 
+/// The return-path host of `domain`, where its bounces come back (the host of
+/// the envelope senders Outpost gives its mail, `bounce::return_path`).
+fn bounce_domain<'a>(config: &'a Config, domain: &str) -> &'a str {
+    outpost::bounce::return_path::host_for(&config.relay.local_domains, domain)
+}
+
 pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
     let store = open_store(config)?;
     match cmd {
@@ -100,7 +106,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
                 &record,
                 &config.hostname,
                 &ips,
-                config.bounce_domain(),
+                bounce_domain(config, &record.name),
             );
             if json {
                 println!(
@@ -118,7 +124,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             let resolver = resolver(config)?;
             let server = records::ThisServer {
                 hostname: &config.hostname,
-                bounce_domain: config.bounce_domain(),
+                bounce_domain: bounce_domain(config, &record.name),
             };
             let report = records::check(&resolver, &record, &server).await;
             if json {

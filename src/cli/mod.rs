@@ -4,6 +4,7 @@
 //! HTTP client and the progress bar of `outpost send` are the CLI's dependencies,
 //! not the relay's).
 
+pub mod bounce;
 pub mod check;
 pub mod domain;
 pub mod keys;

@@ -61,6 +61,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    #[serde(default)]
+    pub deliverability: DeliverabilityConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -315,6 +317,22 @@ pub struct RouteConfig {
     pub password: Option<String>,
 }
 
+/// The feedback loop (docs/deliverability.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverabilityConfig {
+    /// Send each message with a signed return path of its own
+    /// (`b-TOKEN@<return-path host>`) so that later bounces and complaints are
+    /// matched to it. Default true.
+    pub return_path: bool,
+}
+
+impl Default for DeliverabilityConfig {
+    fn default() -> Self {
+        DeliverabilityConfig { return_path: true }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
@@ -388,14 +406,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Where bounces go: the first of `relay.local_domains` (the hostname by default).
-    pub fn bounce_domain(&self) -> &str {
-        self.relay
-            .local_domains
-            .first()
-            .map_or(self.hostname.as_str(), String::as_str)
-    }
-
     /// Loads and validates a TOML file; errors name the file, the line and the key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

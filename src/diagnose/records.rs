@@ -53,7 +53,7 @@ impl Report {
 /// Who "this server" is for the checks.
 pub struct ThisServer<'a> {
     pub hostname: &'a str,
-    /// Where bounces go (`relay.local_domains[0]`).
+    /// Where bounces go: the domain's return-path host (`bounce::return_path::host_for`).
     pub bounce_domain: &'a str,
 }
 

@@ -4,6 +4,7 @@
 //! for smart hosts, and pipelined transactions (RFC 2920) when the peer offers them.
 
 use super::tls::TlsClient;
+use crate::bounce::Stage;
 use crate::config::TlsPolicy;
 use crate::smtp::{Mailbox, dot_stuff};
 use smtp_proto::response::parser::ResponseReceiver;
@@ -30,6 +31,9 @@ pub struct RemoteReply {
     /// Enhanced status code, when the server sent one.
     pub enhanced: Option<[u8; 3]>,
     pub text: String,
+    /// The command it answered: bounce classification reads a refusal at MAIL or
+    /// after DATA differently from one at RCPT.
+    pub stage: Stage,
 }
 
 impl RemoteReply {
@@ -41,13 +45,20 @@ impl RemoteReply {
         self.code >= 500
     }
 
-    /// A reply made up by Outpost for a failure that has no remote reply.
+    /// A reply made up by Outpost for a failure that has no remote reply: it is
+    /// about reaching the server or about the message, never about one recipient.
     pub fn local(code: u16, enhanced: [u8; 3], text: impl Into<String>) -> RemoteReply {
         RemoteReply {
             code,
             enhanced: Some(enhanced),
             text: text.into(),
+            stage: Stage::Connect,
         }
+    }
+
+    fn at(mut self, stage: Stage) -> RemoteReply {
+        self.stage = stage;
+        self
     }
 
     /// The enhanced code as text, or the class-only default (`5.0.0` / `4.0.0`).
@@ -93,7 +104,7 @@ impl ClientError {
     /// The reply to record for the recipients this error affected.
     pub fn as_reply(&self) -> RemoteReply {
         match self {
-            ClientError::Refused { reply, .. } => reply.clone(),
+            ClientError::Refused { reply, .. } => reply.clone().at(Stage::Connect),
             ClientError::Tls(_) => RemoteReply::local(451, [4, 7, 5], self.to_string()),
             _ => RemoteReply::local(451, [4, 4, 1], self.to_string()),
         }
@@ -360,23 +371,23 @@ impl SmtpClient {
             }
             commands.extend_from_slice(b"DATA\r\n");
             self.write(&commands).await?;
-            let mail_reply = self.read_reply().await?;
+            let mail_reply = self.read_reply().await?.at(Stage::Mail);
             if closing(&mail_reply) {
                 return Ok(vec![mail_reply; n]);
             }
             let mut rcpt_replies = Vec::with_capacity(n);
             for _ in 0..n {
-                let reply = self.read_reply().await?;
+                let reply = self.read_reply().await?.at(Stage::Rcpt);
                 if closing(&reply) {
                     return Ok(closed_after(rcpt_replies, reply, n));
                 }
                 rcpt_replies.push(reply);
             }
-            let data_reply = self.read_reply().await?;
+            let data_reply = self.read_reply().await?.at(Stage::Data);
             (mail_reply, rcpt_replies, Some(data_reply))
         } else {
             self.write(mail.as_bytes()).await?;
-            let mail_reply = self.read_reply().await?;
+            let mail_reply = self.read_reply().await?.at(Stage::Mail);
             if closing(&mail_reply) {
                 return Ok(vec![mail_reply; n]);
             }
@@ -385,7 +396,7 @@ impl SmtpClient {
                 for rcpt in envelope.recipients {
                     self.write(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
                         .await?;
-                    let reply = self.read_reply().await?;
+                    let reply = self.read_reply().await?.at(Stage::Rcpt);
                     if closing(&reply) {
                         return Ok(closed_after(rcpt_replies, reply, n));
                     }
@@ -403,9 +414,9 @@ impl SmtpClient {
             Some(reply) => reply,
             None if accepted > 0 => {
                 self.write(b"DATA\r\n").await?;
-                self.read_reply().await?
+                self.read_reply().await?.at(Stage::Data)
             }
-            None => RemoteReply::local(554, [5, 5, 1], "no valid recipients"),
+            None => RemoteReply::local(554, [5, 5, 1], "no valid recipients").at(Stage::Rcpt),
         };
         if closing(&data_reply) {
             return Ok(closed_after(rcpt_replies, data_reply, n));
@@ -426,7 +437,7 @@ impl SmtpClient {
         let mut wire = Vec::with_capacity(envelope.content.len() + 64);
         dot_stuff(envelope.content, &mut wire);
         self.write(&wire).await?;
-        let final_reply = self.read_reply().await?;
+        let final_reply = self.read_reply().await?.at(Stage::Data);
         Ok(rcpt_replies
             .into_iter()
             .map(|r| {
@@ -543,6 +554,7 @@ pub fn parse_reply(raw: &[u8]) -> Result<RemoteReply, ClientError> {
         code: response.code,
         enhanced: (response.esc[0] != 0).then_some(response.esc),
         text: response.message.trim().replace(['\r', '\n'], " "),
+        stage: Stage::Unknown,
     })
 }
 

@@ -31,6 +31,7 @@ use crate::store::{
     DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
     RecipientUpdate, Store,
 };
+use crate::unsubscribe::UnsubscribeKey;
 use destinations::Destinations;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -109,6 +110,8 @@ pub(crate) struct Engine {
     pub resolver: Arc<dyn Resolver>,
     pub tls: TlsClient,
     pub metrics: Arc<Metrics>,
+    /// Signs the return path of each delivery (`bounce::return_path`).
+    pub return_path_key: Arc<UnsubscribeKey>,
     window: Window,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub destinations: Destinations,
@@ -206,6 +209,7 @@ pub fn start(
     store: Arc<dyn Store>,
     resolver: Arc<dyn Resolver>,
     metrics: Arc<Metrics>,
+    return_path_key: Arc<UnsubscribeKey>,
 ) -> QueueHandle {
     let window = Window::new(
         config.delivery.max_messages_in_memory,
@@ -217,6 +221,7 @@ pub fn start(
         resolver,
         tls: TlsClient::new(),
         metrics,
+        return_path_key,
         window,
         held: Arc::new(Mutex::new(HashMap::new())),
         destinations: Destinations::default(),

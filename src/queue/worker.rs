@@ -2,6 +2,7 @@
 //! one reused connection, and records each recipient's outcome.
 
 use super::{Engine, HeldMessage, Job, now_ms, retry};
+use crate::bounce::return_path::{self, ReturnPath};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
@@ -44,8 +45,9 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             },
         };
         let recipients: Vec<Mailbox> = job.recipients.iter().map(|r| r.address.clone()).collect();
+        let mail_from = engine.envelope_sender(&job);
         let envelope = Envelope {
-            mail_from: job.message.mail_from.as_ref(),
+            mail_from: mail_from.as_ref(),
             recipients: &recipients,
             smtputf8: job.message.smtputf8,
             content: &content,
@@ -131,6 +133,27 @@ pub(super) enum Attempt {
 }
 
 impl Engine {
+    /// The envelope sender of a delivery: the message's signed return path
+    /// (`bounce::return_path`) naming it and, when the transaction has one, its
+    /// recipient; the null sender stays null (RFC 5321 §6.1).
+    fn envelope_sender(&self, job: &Job) -> Option<Mailbox> {
+        let from = job.message.mail_from.as_ref()?;
+        if !self.config.deliverability.return_path {
+            return Some(from.clone());
+        }
+        let rp = ReturnPath {
+            message: job.message.id.clone(),
+            recipient: match job.recipients.as_slice() {
+                [only] => Some(only.idx),
+                _ => None,
+            },
+        };
+        let host = return_path::host_for(&self.config.relay.local_domains, from.domain().as_str());
+        // A local domain is a valid domain and the token is hex: this parses.
+        Mailbox::parse(&return_path::address(&self.return_path_key, &rp, host))
+            .or_else(|| Some(from.clone()))
+    }
+
     async fn open(&self, domain: &str) -> Result<SmtpClient, RemoteReply> {
         let destination =
             outbound::destination(&self.config, self.resolver.as_ref(), domain).await?;
@@ -190,12 +213,12 @@ impl Engine {
             .iter()
             .zip(replies)
             .map(|(recipient, reply)| {
-                let class = (!reply.is_positive())
-                    .then(|| classify(reply.code, reply.enhanced, &reply.text));
+                let verdict = (!reply.is_positive())
+                    .then(|| classify(reply.code, reply.enhanced, &reply.text, reply.stage));
                 let (status, next_attempt, text) = if reply.is_positive() {
                     (RecipientStatus::Delivered, 0, reply.to_string())
                 } else if reply.is_permanent() {
-                    if class.is_some_and(|c| c.suppresses()) {
+                    if verdict.as_ref().is_some_and(|v| v.suppress) {
                         suppress.push((recipient.address.to_string(), reply.to_string()));
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
@@ -220,7 +243,7 @@ impl Engine {
                     status,
                     next_attempt,
                     reply: text,
-                    class: class.map(|c| c.as_str().to_string()),
+                    class: verdict.map(|v| v.class.as_str().to_string()),
                     attempted,
                     path: path.clone(),
                 }

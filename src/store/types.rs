@@ -220,6 +220,8 @@ pub enum EventKind {
     Bounced,
     Suppressed,
     Unsubscribed,
+    /// A feedback-loop complaint (ARF) about a delivered message.
+    Complained,
 }
 
 impl EventKind {
@@ -231,6 +233,7 @@ impl EventKind {
             EventKind::Bounced => "bounced",
             EventKind::Suppressed => "suppressed",
             EventKind::Unsubscribed => "unsubscribed",
+            EventKind::Complained => "complained",
         }
     }
 
@@ -242,6 +245,7 @@ impl EventKind {
             "bounced" => EventKind::Bounced,
             "suppressed" => EventKind::Suppressed,
             "unsubscribed" => EventKind::Unsubscribed,
+            "complained" => EventKind::Complained,
             _ => return None,
         })
     }
@@ -271,6 +275,9 @@ pub struct Event {
     pub user: Option<String>,
     pub reply: Option<String>,
     pub class: Option<String>,
+    /// Learnt after the delivery, from a bounce email or a complaint that came
+    /// back to the message's return path.
+    pub asynchronous: bool,
 }
 
 /// An address that must not be mailed from one sending domain.

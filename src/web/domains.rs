@@ -4,6 +4,7 @@
 
 use super::session::{Posted, Viewer};
 use super::{Ctx, Flash, WebContext, WebError, page, sees, time};
+use crate::bounce::return_path;
 use crate::diagnose::records::{self as check, ThisServer};
 use crate::dkim::records;
 use crate::store::{SendingDomain, StoreError};
@@ -33,7 +34,7 @@ async fn live_check(ctx: &WebContext, domain: &SendingDomain) -> Vec<Value> {
     };
     let server = ThisServer {
         hostname: &config.hostname,
-        bounce_domain: config.bounce_domain(),
+        bounce_domain: return_path::host_for(&config.relay.local_domains, &domain.name),
     };
     match tokio::time::timeout(CHECK_TIMEOUT, check::check(&resolver, domain, &server)).await {
         Ok(report) => report
@@ -80,11 +81,15 @@ async fn show(
     for d in mine {
         // Without the server's addresses the SPF suggestion's a: term still covers
         // it; looking them up would make every page view wait on DNS.
-        let records: Vec<Value> =
-            records::records(d, &config.hostname, &[], config.bounce_domain())
-                .iter()
-                .map(Value::from_serialize)
-                .collect();
+        let records: Vec<Value> = records::records(
+            d,
+            &config.hostname,
+            &[],
+            return_path::host_for(&config.relay.local_domains, &d.name),
+        )
+        .iter()
+        .map(Value::from_serialize)
+        .collect();
         let findings = if check == Some(d.name.as_str()) {
             live_check(&ctx, d).await
         } else {

@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bounce_corpus;
 mod checks;
+mod feedback;
 mod relay;
 mod verifiers;

@@ -48,7 +48,7 @@ tls = "none"
     (start_config(&text).await, dir)
 }
 
-async fn send(
+pub(crate) async fn send(
     running: &Running,
     from: &str,
     rcpts: &[&str],
@@ -211,7 +211,7 @@ async fn relayed_mail_is_signed_and_verifies_with_rsa_and_ed25519() {
 }
 
 /// Waits (bounded) until `check` returns `Some`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     mut check: impl FnMut() -> F,
 ) -> T {

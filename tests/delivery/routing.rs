@@ -33,7 +33,10 @@ async fn delivered_byte_exact_through_mx() {
     let received = sink.wait_for_messages(1, WAIT).await;
     assert_eq!(received.len(), 1, "{received:#?}");
     let got = &received[0];
-    assert_eq!(got.mail_from, SENDER);
+    assert_eq!(
+        common::return_path_message(&got.mail_from),
+        Some(id.to_string())
+    );
     assert_eq!(got.rcpt_to, ["bob@dest.test"]);
     assert_eq!(
         got.helo,

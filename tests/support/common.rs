@@ -577,3 +577,12 @@ pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output 
 fn tls_client_config() -> Arc<rustls::ClientConfig> {
     outpost::outbound::tls::unverified_config()
 }
+
+/// The queue id named by the return path Outpost sends a delivery with
+/// (`b-<id>-<recipient>-<tag>@<host>`, see `bounce::return_path`), or `None` when
+/// `mail_from` is no return path.
+pub fn return_path_message(mail_from: &str) -> Option<String> {
+    let token = mail_from.strip_prefix("b-")?.split('@').next()?;
+    let id = token.split('-').next()?;
+    (id.len() == 20).then(|| id.to_ascii_uppercase())
+}

@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 
 pub(super) fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO events (at, kind, message_id, recipient, user, reply, class) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (at, kind, message_id, recipient, user, reply, class, asynchronous) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         e.at,
@@ -15,7 +15,8 @@ pub(super) fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()>
         e.recipient,
         e.user,
         e.reply,
-        e.class
+        e.class,
+        e.asynchronous
     ])?;
     Ok(())
 }
@@ -24,7 +25,7 @@ impl EventStore for SqliteStore {
     fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>> {
         Box::pin(self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT id, at, kind, message_id, recipient, user, reply, class FROM events
+                "SELECT id, at, kind, message_id, recipient, user, reply, class, asynchronous FROM events
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?
             .query_map(params![after, limit as i64], |row| {
@@ -38,6 +39,7 @@ impl EventStore for SqliteStore {
                     user: row.get(5)?,
                     reply: row.get(6)?,
                     class: row.get(7)?,
+                    asynchronous: row.get(8)?,
                 })
             })?
             .collect()

@@ -222,6 +222,7 @@ impl QueueStore for SqliteStore {
                         user: message.auth_user.clone(),
                         reply: None,
                         class: None,
+                        asynchronous: false,
                     },
                 )
                 .map_err(backend)?;
@@ -327,6 +328,7 @@ impl QueueStore for SqliteStore {
                         user: user.clone(),
                         reply: Some(u.reply.clone()),
                         class: u.class.clone(),
+                        asynchronous: false,
                     };
                     insert_event(conn, &event).map_err(backend)?;
                 }

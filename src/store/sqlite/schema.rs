@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS events (
     recipient TEXT,
     user TEXT,
     reply TEXT,
-    class TEXT
+    class TEXT,
+    asynchronous INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS suppressions (
     domain TEXT NOT NULL,
@@ -89,6 +90,16 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     if !has_class {
         conn.execute_batch("ALTER TABLE recipients ADD COLUMN last_class TEXT")?;
+    }
+    let has_asynchronous: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'asynchronous'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_asynchronous {
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN asynchronous INTEGER NOT NULL DEFAULT 0",
+        )?;
     }
     Ok(())
 }
