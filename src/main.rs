@@ -52,9 +52,9 @@ fn main() -> Result<()> {
         None => Config::default(),
     });
     tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(outpost::tls::quiet_client_sni_warnings(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        ))
         .with_writer(std::io::stderr)
         // Colour only on a terminal: logs piped to files, journald or tests stay plain.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())

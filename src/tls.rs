@@ -6,6 +6,31 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+/// The module of rustls that logs, at `warn`, a server name a client sent that is
+/// not a DNS name: msmtp and other GnuTLS clients send the IP address they
+/// connect to, on every connection.
+const CLIENT_SNI_LOG_TARGET: &str = "rustls::msgs::handshake";
+
+/// `filter` (from `RUST_LOG`, or the default) without rustls' warnings about the
+/// server names clients send: a client's quirk the operator can do nothing about,
+/// and the handshake goes on (without SNI). They stay when logging is at debug or
+/// finer, or when the filter names rustls itself.
+pub fn quiet_client_sni_warnings(filter: EnvFilter) -> EnvFilter {
+    let debugging = filter
+        .max_level_hint()
+        .is_some_and(|level| level >= LevelFilter::DEBUG);
+    if debugging || filter.to_string().contains("rustls") {
+        return filter;
+    }
+    filter.add_directive(
+        format!("{CLIENT_SNI_LOG_TARGET}=error")
+            .parse()
+            .expect("a valid directive"),
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -150,6 +175,17 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_sni_warnings_are_left_out_unless_debugging() {
+        let quiet = |spec: &str| quiet_client_sni_warnings(EnvFilter::new(spec)).to_string();
+        let directive = format!("{CLIENT_SNI_LOG_TARGET}=error");
+        assert!(quiet("info").contains(&directive));
+        assert!(quiet("warn,outpost=info").contains(&directive));
+        assert!(!quiet("debug").contains(&directive));
+        assert!(!quiet("info,outpost=trace").contains(&directive));
+        assert!(!quiet("info,rustls=warn").contains(&directive));
+    }
 
     #[test]
     fn generates_once_then_reuses() {

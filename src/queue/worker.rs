@@ -5,6 +5,7 @@ use super::{Engine, HeldMessage, Job, now_ms, retry};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
+use crate::smtp::Mailbox;
 use crate::store::{RecipientStatus, RecipientUpdate, Suppression};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +43,9 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 }
             },
         };
-        let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
+        let recipients: Vec<Mailbox> = job.recipients.iter().map(|r| r.address.clone()).collect();
         let envelope = Envelope {
-            mail_from: &job.message.mail_from,
+            mail_from: job.message.mail_from.as_ref(),
             recipients: &recipients,
             smtputf8: job.message.smtputf8,
             content: &content,
@@ -182,7 +183,7 @@ impl Engine {
                     (RecipientStatus::Delivered, 0, reply.to_string())
                 } else if reply.is_permanent() {
                     if class.is_some_and(|c| c.suppresses()) {
-                        suppress.push((recipient.address.clone(), reply.to_string()));
+                        suppress.push((recipient.address.to_string(), reply.to_string()));
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
                 } else if retry::expired(job.message.received_at, delivery.max_age, now) {
@@ -212,10 +213,9 @@ impl Engine {
             })
             .collect();
         self.commit(&job.message, updates).await;
-        let domain = job.message.sending_domain();
-        if domain.is_empty() {
+        let Some(domain) = job.message.sending_domain() else {
             return;
-        }
+        };
         for (address, reply) in suppress {
             let suppression = Suppression {
                 domain: domain.to_string(),

@@ -17,6 +17,7 @@ use crate::support::server_process;
 use common::{CLIENT_SENDER, Client, message};
 use fakes::sink::SmtpSink;
 use hardening::Routing;
+use outpost::smtp::Mailbox;
 use outpost::store::{
     NewMessage, NewRecipient, QueueId, QueueStore, RecipientStatus, RecipientUpdate, SqliteStore,
 };
@@ -176,9 +177,9 @@ fn stored_message(rcpt: &str) -> NewMessage {
     let now = chrono::Utc::now().timestamp_millis();
     NewMessage {
         id: QueueId::generate(),
-        mail_from: CLIENT_SENDER.into(),
+        mail_from: Mailbox::parse(CLIENT_SENDER),
         recipients: vec![NewRecipient {
-            address: rcpt.into(),
+            address: Mailbox::parse(rcpt).unwrap(),
             local: false,
         }],
         auth_user: None,

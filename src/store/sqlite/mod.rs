@@ -109,13 +109,14 @@ fn changes_rows<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) ->
 /// A message from alice to `rcpts`, for the tests of every role.
 #[cfg(test)]
 fn test_message(rcpts: &[&str]) -> NewMessage {
+    use crate::smtp::Mailbox;
     NewMessage {
         id: QueueId::generate(),
-        mail_from: "a@example.com".into(),
+        mail_from: Mailbox::parse("a@example.com"),
         recipients: rcpts
             .iter()
             .map(|r| NewRecipient {
-                address: r.to_string(),
+                address: Mailbox::parse(r).unwrap(),
                 local: false,
             })
             .collect(),

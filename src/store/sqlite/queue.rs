@@ -2,14 +2,25 @@
 
 use super::events::insert_event;
 use super::{SqliteStore, backend, changes_rows};
+use crate::smtp::Mailbox;
 use crate::store::*;
 use rusqlite::{Connection, OptionalExtension, params};
 
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
+/// An address as stored: a `Mailbox` written by [`QueueStore::enqueue`], so
+/// one that does not parse is a damaged row.
+fn stored_mailbox(text: &str) -> rusqlite::Result<Mailbox> {
+    Mailbox::parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("stored address {text:?} does not parse").into(),
+        )
+    })
+}
+
+/// The envelope sender as stored: empty for the null sender.
+fn stored_sender(text: &str) -> rusqlite::Result<Option<Mailbox>> {
+    (!text.is_empty()).then(|| stored_mailbox(text)).transpose()
 }
 
 fn load_summaries(
@@ -94,7 +105,7 @@ fn claim_due(
         lease.execute(params![id, idx, lease_until])?;
         let recipient = DueRecipient {
             idx: idx as usize,
-            address,
+            address: stored_mailbox(&address)?,
             attempts,
         };
         if let Some(&i) = index.get(&id) {
@@ -102,12 +113,17 @@ fn claim_due(
             continue;
         }
         let (mail_from, smtputf8, received_at, size) = envelope.query_row([&id], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get::<_, i64>(3)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get::<_, i64>(3)?,
+            ))
         })?;
         index.insert(id.clone(), messages.len());
         messages.push(DueMessage {
             id: QueueId(id),
-            mail_from,
+            mail_from: stored_sender(&mail_from)?,
             size: size as usize,
             smtputf8,
             received_at,
@@ -163,7 +179,7 @@ impl QueueStore for SqliteStore {
             .and_then(|mut stmt| {
                 stmt.execute(params![
                     message.id.as_str(),
-                    message.mail_from,
+                    message.mail_from.as_ref().map_or(String::new(), Mailbox::to_string),
                     message.auth_user,
                     message.smtputf8,
                     message.content.len() as i64,
@@ -187,8 +203,8 @@ impl QueueStore for SqliteStore {
                 stmt.execute(params![
                     message.id.as_str(),
                     idx as i64,
-                    rcpt.address,
-                    domain_of(&rcpt.address),
+                    rcpt.address.to_string(),
+                    rcpt.address.domain().as_str(),
                     status.as_str(),
                     message.first_attempt_at,
                 ])
@@ -202,7 +218,7 @@ impl QueueStore for SqliteStore {
                         at: message.received_at,
                         kind: EventKind::Accepted,
                         message_id: Some(message.id.clone()),
-                        recipient: Some(rcpt.address.clone()),
+                        recipient: Some(rcpt.address.to_string()),
                         user: message.auth_user.clone(),
                         reply: None,
                         class: None,
