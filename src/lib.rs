@@ -23,4 +23,5 @@ pub mod smtp;
 pub mod store;
 pub mod tls;
 pub mod unsubscribe;
+pub mod web;
 pub mod webhooks;

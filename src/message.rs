@@ -45,6 +45,25 @@ pub fn has_header(headers: &[u8], name: &str) -> bool {
     fields(headers).any(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes()))
 }
 
+/// The value of the first field called `name`, unfolded and trimmed, as raw text
+/// (encoded words are left as they are).
+pub fn header_value(headers: &[u8], name: &str) -> Option<String> {
+    fields(headers)
+        .find(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, value)| {
+            let text = String::from_utf8_lossy(value);
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+}
+
+/// The decoded `Subject:` (RFC 2047 encoded words included), or empty.
+pub fn subject(content: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse_headers(header_block(content))
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// Lower-cased domains of every address in the `From:` field(s). `None` when there is
 /// no `From:` field, or one without an address, or an address without a domain.
 ///
@@ -95,6 +114,18 @@ mod tests {
     #[test]
     fn continuation_lines_are_not_fields() {
         assert!(!has_header(b"Subject: a\r\n Date: folded\r\n\r\n", "Date"));
+    }
+
+    #[test]
+    fn header_values_and_subjects() {
+        let m = b"Received: from a\r\n\tby b with ESMTPSA id 1;\r\n\tdate\r\nSubject: =?utf-8?q?Caf=C3=A9?= news\r\n\r\nSubject: body";
+        assert_eq!(
+            header_value(header_block(m), "received").unwrap(),
+            "from a by b with ESMTPSA id 1; date"
+        );
+        assert_eq!(subject(m), "Café news");
+        assert_eq!(subject(b"From: a@b\r\n\r\n"), "");
+        assert_eq!(header_value(header_block(m), "X-None"), None);
     }
 
     #[test]

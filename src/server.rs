@@ -139,13 +139,15 @@ pub async fn start_with_store(
         tasks.spawn(inbound::serve_listener(ctx.clone(), b));
     }
     tracing::info!(http_addr = %http_addr, "HTTP API listening");
-    tasks.spawn(api::serve(http, Arc::new(ApiContext::new(acceptor, login))));
+    let api = Arc::new(ApiContext::new(acceptor, login));
     crate::webhooks::start(
         &config.webhooks,
         &config.data_dir,
         store.clone(),
+        api.webhook_log.clone(),
         &mut tasks,
     );
+    tasks.spawn(api::serve(http, api));
     Ok(Running {
         listeners,
         http_addr,

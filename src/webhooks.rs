@@ -15,8 +15,9 @@ use crate::config::WebhookConfig;
 use crate::store::Store;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most events in one POST.
@@ -38,6 +39,78 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 fn cursor_path(data_dir: &Path, url: &str) -> PathBuf {
     let name = hex::encode(Sha256::digest(url.as_bytes()));
     data_dir.join("webhooks").join(format!("{name}.cursor"))
+}
+
+/// The id of the last event `url` acknowledged (0 if none yet).
+pub fn cursor(data_dir: &Path, url: &str) -> i64 {
+    load_cursor(&cursor_path(data_dir, url))
+}
+
+/// Recent POSTs to the endpoints, newest last, for the dashboard.
+#[derive(Default)]
+pub struct DeliveryLog(Mutex<VecDeque<Delivery>>);
+
+/// How many recent POSTs are kept.
+const LOGGED: usize = 50;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivery {
+    /// Unix ms.
+    pub at: i64,
+    pub url: String,
+    pub events: usize,
+    /// `200`, `HTTP 500 Internal Server Error`, or why the POST failed.
+    pub status: String,
+    pub ok: bool,
+}
+
+impl DeliveryLog {
+    fn push(&self, url: &str, events: usize, result: &Result<u16, String>) {
+        let mut log = self.0.lock().expect("webhook log lock");
+        if log.len() == LOGGED {
+            log.pop_front();
+        }
+        log.push_back(Delivery {
+            at: chrono::Utc::now().timestamp_millis(),
+            url: url.to_string(),
+            events,
+            status: result.as_ref().map_or_else(Clone::clone, u16::to_string),
+            ok: result.is_ok(),
+        });
+    }
+
+    /// The recent POSTs, newest first.
+    pub fn recent(&self) -> Vec<Delivery> {
+        self.0
+            .lock()
+            .expect("webhook log lock")
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("Outpost/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client builds with static settings")
+}
+
+/// POSTs one `test` event to `hook` now, as a batch would be sent; logged.
+pub async fn send_test(hook: &WebhookConfig, log: &DeliveryLog) -> Result<u16, String> {
+    let now = chrono::Utc::now();
+    let body = serde_json::to_vec(&[serde_json::json!({
+        "id": 0, "event": "test", "at": now.timestamp_millis(), "time": now.to_rfc3339(),
+        "message_id": null, "recipient": null, "user": null, "reply": null,
+        "enhanced_code": null, "bounce_class": null,
+    })])
+    .expect("a literal serializes");
+    let result = post(&client(), hook, body).await;
+    log.push(&hook.url, 1, &result);
+    result
 }
 
 fn load_cursor(path: &Path) -> i64 {
@@ -65,19 +138,17 @@ pub fn start(
     webhooks: &[WebhookConfig],
     data_dir: &Path,
     store: Arc<dyn Store>,
+    log: Arc<DeliveryLog>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("Outpost/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client builds with static settings");
+    let client = client();
     for hook in webhooks {
         let tail = Tail {
             hook: hook.clone(),
             cursor_path: cursor_path(data_dir, &hook.url),
             store: store.clone(),
             client: client.clone(),
+            log: log.clone(),
         };
         tasks.spawn(tail.run());
     }
@@ -88,6 +159,7 @@ struct Tail {
     cursor_path: PathBuf,
     store: Arc<dyn Store>,
     client: reqwest::Client,
+    log: Arc<DeliveryLog>,
 }
 
 impl Tail {
@@ -110,8 +182,10 @@ impl Tail {
             };
             let views: Vec<EventView> = events.into_iter().map(EventView::from).collect();
             let body = serde_json::to_vec(&views).expect("events serialize");
-            match self.post(body).await {
-                Ok(()) => {
+            let result = post(&self.client, &self.hook, body).await;
+            self.log.push(&self.hook.url, views.len(), &result);
+            match result {
+                Ok(_) => {
                     cursor = last;
                     backoff = FIRST_BACKOFF;
                     if let Err(e) = save_cursor(&self.cursor_path, cursor) {
@@ -126,22 +200,26 @@ impl Tail {
             }
         }
     }
+}
 
-    async fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let response = self
-            .client
-            .post(&self.hook.url)
-            .header("content-type", "application/json")
-            .header("x-outpost-signature", signature(&self.hook.secret, &body))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("HTTP {}", response.status()))
-        }
+/// POSTs a signed batch; the status code of a 2xx answer.
+async fn post(
+    client: &reqwest::Client,
+    hook: &WebhookConfig,
+    body: Vec<u8>,
+) -> Result<u16, String> {
+    let response = client
+        .post(&hook.url)
+        .header("content-type", "application/json")
+        .header("x-outpost-signature", signature(&hook.secret, &body))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(response.status().as_u16())
+    } else {
+        Err(format!("HTTP {}", response.status()))
     }
 }
 

@@ -30,7 +30,7 @@ pub use events::EventView;
 // request body to what they would store, without a server.
 #[cfg(feature = "fuzzing")]
 pub(crate) use messages::{RawRequest, compose_all, raw_submission};
-#[cfg(feature = "fuzzing")]
+// Also the dashboard's suppression form: one validation for both.
 pub(crate) use suppressions::{AddSuppression, new_suppression};
 
 use crate::accept::Acceptor;
@@ -55,8 +55,10 @@ pub struct ApiContext {
     pub acceptor: Acceptor,
     pub metrics: Arc<Metrics>,
     pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeKey>,
-    /// Shared with SMTP AUTH: one failure budget for both.
-    login: Arc<LoginGate>,
+    /// Recent webhook POSTs, shown on the dashboard.
+    pub webhook_log: Arc<crate::webhooks::DeliveryLog>,
+    /// Shared with SMTP AUTH and the dashboard: one failure budget for all.
+    pub login: Arc<LoginGate>,
 }
 
 impl ApiContext {
@@ -66,6 +68,7 @@ impl ApiContext {
             store: acceptor.store.clone(),
             metrics: acceptor.metrics.clone(),
             unsubscribe: acceptor.unsubscribe.clone(),
+            webhook_log: Arc::default(),
             login,
             acceptor,
         }
@@ -312,7 +315,8 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .merge(health::routes())
         .merge(openapi::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(crate::web::router(ctx))
 }
 
 /// Serves the API on an already bound listener until the task is dropped.

@@ -46,15 +46,6 @@ async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
         .with_context(|| format!("{name} is not registered (outpost domain add {name})"))
 }
 
-/// Where bounces go: Outpost's first local domain (the hostname by default).
-fn bounce_domain(config: &Config) -> &str {
-    config
-        .relay
-        .local_domains
-        .first()
-        .map_or(config.hostname.as_str(), String::as_str)
-}
-
 pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
     let store = open_store(config)?;
     match cmd {
@@ -109,7 +100,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
                 &record,
                 &config.hostname,
                 &ips,
-                bounce_domain(config),
+                config.bounce_domain(),
             );
             if json {
                 println!(
@@ -127,7 +118,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             let resolver = resolver(config)?;
             let server = records::ThisServer {
                 hostname: &config.hostname,
-                bounce_domain: bounce_domain(config),
+                bounce_domain: config.bounce_domain(),
             };
             let report = records::check(&resolver, &record, &server).await;
             if json {

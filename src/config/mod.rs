@@ -331,6 +331,8 @@ pub struct HttpConfig {
     /// Base URL of one-click unsubscribe links, as recipients reach this server
     /// (through a TLS proxy). Default `https://<hostname>`.
     pub public_url: Option<String>,
+    /// A dashboard session ends after this long without a request. Default 30m.
+    pub session_idle: Duration,
 }
 
 impl Default for HttpConfig {
@@ -338,6 +340,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: "127.0.0.1:8025".parse().expect("literal address"),
             public_url: None,
+            session_idle: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -385,6 +388,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where bounces go: the first of `relay.local_domains` (the hostname by default).
+    pub fn bounce_domain(&self) -> &str {
+        self.relay
+            .local_domains
+            .first()
+            .map_or(self.hostname.as_str(), String::as_str)
+    }
+
     /// Loads and validates a TOML file; errors name the file, the line and the key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -171,7 +171,10 @@ pub struct SmtpClient {
     capabilities: u32,
     timeout: Duration,
     pub addr: SocketAddr,
-    pub tls: bool,
+    /// The host name it was reached by (MX or route host).
+    pub host: String,
+    /// The TLS version in use (`TLS 1.3`); none in plain text.
+    pub tls: Option<String>,
 }
 
 impl SmtpClient {
@@ -193,7 +196,8 @@ impl SmtpClient {
             capabilities: 0,
             timeout: params.timeout,
             addr: params.addr,
-            tls: false,
+            host: params.server_name.to_string(),
+            tls: None,
         };
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
@@ -220,7 +224,7 @@ impl SmtpClient {
             client = client.starttls(params).await?;
         }
         if let Some((user, password)) = params.credentials {
-            if !client.tls && params.tls != TlsPolicy::None {
+            if client.tls.is_none() && params.tls != TlsPolicy::None {
                 return Err(ClientError::Tls(
                     "refusing to send credentials without TLS".into(),
                 ));
@@ -281,12 +285,18 @@ impl SmtpClient {
         .await
         .map_err(|_| ClientError::Timeout)?
         .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let version = match tls.get_ref().1.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_string(),
+            other => format!("{other:?}"),
+        };
         let mut client = SmtpClient {
             stream: BufReader::new(Stream::Tls(Box::new(tls))),
             capabilities: 0,
             timeout: self.timeout,
             addr: self.addr,
-            tls: true,
+            host: self.host,
+            tls: Some(version),
         };
         client.ehlo(params.helo).await?;
         Ok(client)

@@ -147,6 +147,27 @@ impl Destinations {
     }
 
     /// Waits for this destination's turn when `messages_per_minute` is set.
+    /// Destinations suspended now: name, end (unix ms) and the reply that caused it.
+    pub fn suspended(&self) -> Vec<super::SuspendedDestination> {
+        let now = Instant::now();
+        let mut list: Vec<_> = self
+            .queues
+            .lock()
+            .expect("ready queues lock")
+            .iter()
+            .filter_map(|(name, q)| {
+                let (until, reply) = q.suspended.as_ref().filter(|(until, _)| *until > now)?;
+                Some(super::SuspendedDestination {
+                    destination: name.clone(),
+                    until: super::now_ms() + until.duration_since(now).as_millis() as i64,
+                    reply: reply.to_string(),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| a.destination.cmp(&b.destination));
+        list
+    }
+
     pub async fn pace(&self, destination: &str, messages_per_minute: Option<u32>) {
         let Some(rate) = messages_per_minute.filter(|r| *r > 0) else {
             return;

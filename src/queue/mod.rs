@@ -121,6 +121,15 @@ pub struct QueueHandle {
     engine: Arc<Engine>,
 }
 
+/// A destination delivery has suspended for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuspendedDestination {
+    pub destination: String,
+    /// Unix ms.
+    pub until: i64,
+    pub reply: String,
+}
+
 /// A place in the in-memory window, taken before the message is committed.
 pub struct Reservation {
     engine: Arc<Engine>,
@@ -136,6 +145,11 @@ impl QueueHandle {
             engine: self.engine.clone(),
             place,
         })
+    }
+
+    /// Destinations suspended now.
+    pub fn suspended(&self) -> Vec<SuspendedDestination> {
+        self.engine.destinations.suspended()
     }
 
     /// Messages in the in-memory window now (a queue-depth gauge).
@@ -314,6 +328,7 @@ impl Engine {
                     ),
                     class: None,
                     attempted: false,
+                    path: Default::default(),
                 }),
                 Ok(None) => send.push(r),
                 // Unknown is not suppressed: the list protects reputation, losing mail is worse.

@@ -6,7 +6,7 @@ use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::smtp::Mailbox;
-use crate::store::{RecipientStatus, RecipientUpdate, Suppression};
+use crate::store::{AttemptPath, RecipientStatus, RecipientUpdate, Suppression};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,10 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             }
         }
         let remote = client.addr;
+        let path = AttemptPath {
+            mx_host: Some(client.host.clone()),
+            tls: client.tls.clone(),
+        };
         match result {
             Ok(replies) => {
                 sent += 1;
@@ -78,13 +82,17 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                     .iter()
                     .find(|r| means_slow_down(r.code, &r.text))
                     .cloned();
-                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, tls = client.tls,
+                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, tls = ?client.tls,
                     replies = %replies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "), "delivery attempt");
                 // Recording waits for a group commit; the connection need not wait
                 // with it. A crash before the commit means a second delivery, never a
                 // lost one.
                 let recorder = engine.clone();
-                tokio::spawn(async move { recorder.record(&job, Attempt::Made(replies)).await });
+                tokio::spawn(async move {
+                    recorder
+                        .record(&job, Attempt::Answered { replies, path })
+                        .await
+                });
                 if let Some(reply) = slow_down {
                     client.quit().await;
                     engine.suspend(&destination, reply).await;
@@ -96,11 +104,9 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             }
             Err(e) => {
                 tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, error = %e, "delivery attempt failed");
+                let replies = vec![e.as_reply(); job.recipients.len()];
                 engine
-                    .record(
-                        &job,
-                        Attempt::Made(vec![e.as_reply(); job.recipients.len()]),
-                    )
+                    .record(&job, Attempt::Answered { replies, path })
                     .await;
             }
         }
@@ -112,9 +118,14 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
 
 /// What became of a job.
 pub(super) enum Attempt {
-    /// Replies from the destination (or made up for a failure to reach it), one
-    /// per recipient.
+    /// Replies made up for a failure to reach the destination, one per recipient.
     Made(Vec<RemoteReply>),
+    /// Replies from a server that was reached (or made up for a session that
+    /// failed there), one per recipient.
+    Answered {
+        replies: Vec<RemoteReply>,
+        path: AttemptPath,
+    },
     /// Not tried: the destination is suspended until `until`.
     Skipped { reply: RemoteReply, until: Instant },
 }
@@ -164,11 +175,13 @@ impl Engine {
     pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
         let now = now_ms();
         let delivery = &self.config.delivery;
-        let (replies, attempted, resume_at) = match attempt {
-            Attempt::Made(replies) => (replies, true, None),
+        let (replies, attempted, resume_at, path) = match attempt {
+            Attempt::Made(replies) => (replies, true, None, AttemptPath::default()),
+            Attempt::Answered { replies, path } => (replies, true, None, path),
             Attempt::Skipped { reply, until } => {
                 let wait = until.saturating_duration_since(Instant::now()).as_millis() as i64;
-                (vec![reply; job.recipients.len()], false, Some(now + wait))
+                let replies = vec![reply; job.recipients.len()];
+                (replies, false, Some(now + wait), AttemptPath::default())
             }
         };
         let mut suppress = Vec::new();
@@ -209,6 +222,7 @@ impl Engine {
                     reply: text,
                     class: class.map(|c| c.as_str().to_string()),
                     attempted,
+                    path: path.clone(),
                 }
             })
             .collect();

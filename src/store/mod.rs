@@ -20,6 +20,7 @@
 //! | [`DomainStore`] | sending domains and their DKIM keys | `sqlite/accounts.rs` |
 //! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `sqlite/accounts.rs` |
 //! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `sqlite/api_keys.rs` |
+//! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `sqlite/dashboard.rs` |
 //!
 //! [`Store`] is all of them together: it has no methods of its own and is
 //! implemented for every type that implements each role, so callers hold one
@@ -41,10 +42,12 @@
 //! process died are delivered again (at least once).
 
 mod api_keys;
+mod dashboard;
 mod sqlite;
 mod types;
 
 pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
+pub use dashboard::*;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -191,7 +194,13 @@ pub trait AccountStore: Send + Sync {
 
 /// The whole store: every role. Implemented for any type that has them all.
 pub trait Store:
-    QueueStore + EventStore + SuppressionStore + DomainStore + AccountStore + ApiKeyStore
+    QueueStore
+    + EventStore
+    + SuppressionStore
+    + DomainStore
+    + AccountStore
+    + ApiKeyStore
+    + DashboardStore
 {
 }
 
@@ -202,6 +211,7 @@ impl<T> Store for T where
         + DomainStore
         + AccountStore
         + ApiKeyStore
+        + DashboardStore
         + ?Sized
 {
 }

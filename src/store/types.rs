@@ -199,6 +199,17 @@ pub struct RecipientUpdate {
     /// False when the recipient was deferred without trying (its destination is
     /// suspended): the attempt count, which drives the retry schedule, stays.
     pub attempted: bool,
+    /// Where the attempt went, when a server was reached.
+    pub path: AttemptPath,
+}
+
+/// The server an attempt reached and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptPath {
+    /// The MX (or route) host name.
+    pub mx_host: Option<String>,
+    /// The TLS version (`TLS 1.3`), none for plain text.
+    pub tls: Option<String>,
 }
 
 /// What happened, as recorded in the event log.

@@ -210,6 +210,7 @@ async fn a_bounce_report_owed_by_the_previous_run_is_sent_once_beside_the_backlo
             reply: "550 5.1.1 No such user".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         let summary = store
             .record_attempt(&id, vec![update], chrono::Utc::now().timestamp_millis())

@@ -73,6 +73,7 @@ mod tests {
             reply: "550 5.1.1 unknown".into(),
             class: Some("bad-mailbox".into()),
             attempted: true,
+            path: Default::default(),
         };
         store.record_attempt(&id, vec![update], 2).await.unwrap();
         let events = store.events(0, 10).await.unwrap();

@@ -11,10 +11,12 @@
 //! small pool of read-only connections in `spawn_blocking` here; WAL lets them
 //! proceed while the writer commits. Each role of the store (see `store/mod.rs`)
 //! is implemented in its own file: `queue.rs`, `events.rs`, `suppressions.rs`,
-//! `accounts.rs` (domains and users), `api_keys.rs`; `schema.rs` creates and migrates the tables.
+//! `accounts.rs` (domains and users), `api_keys.rs`, `dashboard.rs` (counters,
+//! search, attempt details); `schema.rs` creates and migrates the tables.
 
 mod accounts;
 mod api_keys;
+mod dashboard;
 mod events;
 mod queue;
 mod schema;
@@ -56,7 +58,9 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(schema::SCHEMA).map_err(backend)?;
+        conn.execute_batch(dashboard::SCHEMA).map_err(backend)?;
         schema::migrate(&conn).map_err(backend)?;
+        dashboard::migrate(&conn).map_err(backend)?;
         Ok(Arc::new(SqliteStore {
             jobs: writer::start(conn, max_batch)?,
             path,

@@ -29,7 +29,7 @@ const FINISH: &str = "UPDATE messages SET finished = 1, content = CASE WHEN EXIS
         SELECT 1 FROM recipients r WHERE r.message_id = messages.id AND r.status = 'local')
     THEN content END WHERE id = ?1";
 
-fn load_summaries(
+pub(super) fn load_summaries(
     conn: &Connection,
     where_sql: &str,
     arg: &dyn rusqlite::ToSql,
@@ -233,6 +233,7 @@ impl QueueStore for SqliteStore {
                 )
                 .map_err(backend)?;
             }
+            super::dashboard::record_enqueue(conn, &message).map_err(backend)?;
             Ok(())
         }))
     }
@@ -320,6 +321,7 @@ impl QueueStore for SqliteStore {
                 ])
                     .map_err(backend)?;
             }
+            super::dashboard::record_attempts(conn, &id, &updates, now).map_err(backend)?;
             if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
                 for (u, address) in updates.iter().zip(addresses) {
                     let Some(kind) = EventKind::for_status(u.status) else {
@@ -474,6 +476,7 @@ mod tests {
             reply: "r".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         let done = store
             .record_attempt(
@@ -537,6 +540,7 @@ mod tests {
             reply: "550 5.1.1 unknown".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         let local_only = local(message(&["postmaster@relay.test"]), &[true]);
         let local_id = local_only.id.clone();
@@ -626,6 +630,7 @@ mod tests {
             reply: "451".into(),
             class: None,
             attempted: true,
+            path: Default::default(),
         };
         store
             .record_attempt(&id, vec![deferred(0, 30), deferred(1, 1_000_000)], 10)

@@ -1,6 +1,6 @@
 //! [`SuppressionStore`] on SQLite. Domains and addresses are kept lower-case.
 
-use super::{SqliteStore, changes_rows};
+use super::{SqliteStore, backend, changes_rows};
 use crate::store::*;
 use rusqlite::{OptionalExtension, params};
 
@@ -26,6 +26,12 @@ impl SuppressionStore for SqliteStore {
                     suppression.created_at
                 ],
             )
+            .and_then(|added| {
+                if added {
+                    super::dashboard::record_suppression(conn, &suppression).map_err(backend)?;
+                }
+                Ok(added)
+            })
         }))
     }
 
