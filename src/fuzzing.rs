@@ -553,6 +553,7 @@ fn bounce(id: &QueueId, original: &[u8]) {
             next_attempt: 0,
             last_reply: Some("550 5.1.1 unknown".into()),
             last_class: None,
+            last_attempt: Some(0),
         }],
     };
     let dsn = crate::bounce::delivery_status_notification(

@@ -87,8 +87,14 @@ pub fn delivery_status_notification(
     ));
     for r in &failed {
         let reply = r.last_reply.as_deref().unwrap_or("550 5.0.0 failed");
+        // RFC 3464 §2.3.7: when the last attempt was made, which can be long before
+        // this report (another recipient kept the message waiting, or a restart).
+        let last_attempt = r
+            .last_attempt
+            .and_then(DateTime::from_timestamp_millis)
+            .map_or_else(|| date.clone(), |t| t.to_rfc2822());
         out.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n",
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {last_attempt}\r\n",
             r.address,
             status_of(reply).as_deref().unwrap_or("5.0.0"),
             reply,
@@ -156,6 +162,9 @@ mod tests {
     use super::*;
     use crate::store::{QueueId, RecipientState};
 
+    /// When the recipients were last tried: a day before the report.
+    const ATTEMPTED_AT: i64 = 1_796_000_000_000;
+
     fn summary(mail_from: &str) -> MessageSummary {
         let rcpt = |address: &str, status, reply: &str| RecipientState {
             address: address.into(),
@@ -164,6 +173,7 @@ mod tests {
             next_attempt: 0,
             last_reply: Some(reply.into()),
             last_class: None,
+            last_attempt: Some(ATTEMPTED_AT),
         };
         MessageSummary {
             id: "0123456789ABCDEF0123".parse::<QueueId>().unwrap(),
@@ -189,11 +199,19 @@ mod tests {
             &summary("sender@a.example"),
             b"Subject: hello\r\nFrom: sender@a.example\r\n\r\nbody text\r\n",
             "relay.test",
-            Utc::now(),
+            DateTime::from_timestamp_millis(ATTEMPTED_AT + 86_400_000).unwrap(),
         )
         .unwrap();
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("report-type=delivery-status"));
+        let attempted = DateTime::from_timestamp_millis(ATTEMPTED_AT).unwrap();
+        assert!(
+            text.contains(&format!(
+                "Last-Attempt-Date: {}\r\n",
+                attempted.to_rfc2822()
+            )),
+            "{text}"
+        );
         assert!(text.contains("Final-Recipient: rfc822; bad@x.example"));
         assert!(text.contains("Status: 5.1.1"));
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 User unknown"));

@@ -437,30 +437,40 @@ impl Engine {
     /// content is gone since the list was read (finished meanwhile; a job lets go of
     /// its message only after finishing it). Either would get a second report.
     async fn finish_leftovers(&self) {
-        let list = match self.store.unfinalized(SCAN_BATCH).await {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list unfinished messages");
-                return;
-            }
-        };
-        for summary in list {
-            let held = self
-                .held
-                .lock()
-                .expect("held lock")
-                .get(&summary.id)
-                .and_then(Weak::upgrade)
-                .is_some();
-            if held {
-                continue;
-            }
-            match self.store.message_content(&summary.id).await {
-                Ok(Some(content)) => self.finish(&summary, Some(&content)).await,
-                Ok(None) => {}
+        // Paged: `finish` takes each message off the list, but one it leaves (held,
+        // or failing) must not be read again and again.
+        let mut after = None;
+        loop {
+            let list = match self.store.unfinalized(after.as_ref(), SCAN_BATCH).await {
+                Ok(list) => list,
                 Err(e) => {
-                    tracing::error!(queue_id = %summary.id, error = %e, "cannot read an unfinished message; will retry at next start")
+                    tracing::error!(error = %e, "cannot list unfinished messages");
+                    return;
                 }
+            };
+            let complete = list.len() < SCAN_BATCH;
+            after = list.last().map(|m| m.id.clone());
+            for summary in list {
+                let held = self
+                    .held
+                    .lock()
+                    .expect("held lock")
+                    .get(&summary.id)
+                    .and_then(Weak::upgrade)
+                    .is_some();
+                if held {
+                    continue;
+                }
+                match self.store.message_content(&summary.id).await {
+                    Ok(Some(content)) => self.finish(&summary, Some(&content)).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(queue_id = %summary.id, error = %e, "cannot read an unfinished message; will retry at next start")
+                    }
+                }
+            }
+            if complete {
+                return;
             }
         }
     }

@@ -106,19 +106,27 @@ pub trait QueueStore: Send + Sync {
     /// Records an attempt made at `now` (each update adds one to the recipient's
     /// attempts; the events it logs are stamped `now`). When no recipient of the
     /// message is left pending, returns the message's summary, and if no bounce
-    /// report is owed, drops its content in the same commit.
+    /// report is owed, finalizes it in the same commit. `now` is the attempt's
+    /// time (the recipients' last attempt, when `attempted`, and the events').
     fn record_attempt(
         &self,
         id: &QueueId,
         updates: Vec<RecipientUpdate>,
         now: i64,
     ) -> StoreFuture<'_, Option<MessageSummary>>;
-    /// Drops the content of a message whose recipients are all final; the envelope
+    /// Marks a message whose recipients are all final as finished and drops its
+    /// content, unless it has local recipients (local mail is kept); the envelope
     /// and recipient states stay for status queries.
     fn finalize(&self, id: &QueueId) -> StoreFuture<'_, ()>;
     /// Messages whose recipients are all final but that were not finalized (the
     /// process stopped in between): their bounce reports may still be owed.
-    fn unfinalized(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>>;
+    /// Ordered by id, the first `limit` after `after`. Mail only for our own domains
+    /// is never listed: it owes no report.
+    fn unfinalized(
+        &self,
+        after: Option<&QueueId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<MessageSummary>>;
     /// Makes pending recipients due now: of one message, or of all with `None`, and
     /// notes the request so a running scheduler also lifts its suspensions.
     /// Returns how many recipients were changed.

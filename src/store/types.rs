@@ -127,6 +127,8 @@ pub struct RecipientState {
     pub last_reply: Option<String>,
     /// Bounce class of the last failed attempt, when it was classified.
     pub last_class: Option<String>,
+    /// Unix milliseconds of the last delivery attempt, if one was made.
+    pub last_attempt: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -23,6 +23,12 @@ fn stored_sender(text: &str) -> rusqlite::Result<Option<Mailbox>> {
     (!text.is_empty()).then(|| stored_mailbox(text)).transpose()
 }
 
+/// Marks a message finished (its bounce report, if any, is queued) and drops its
+/// content, except for mail to our own domains, which is kept (local mail).
+const FINISH: &str = "UPDATE messages SET finished = 1, content = CASE WHEN EXISTS (
+        SELECT 1 FROM recipients r WHERE r.message_id = messages.id AND r.status = 'local')
+    THEN content END WHERE id = ?1";
+
 pub(super) fn load_summaries(
     conn: &Connection,
     where_sql: &str,
@@ -45,7 +51,7 @@ pub(super) fn load_summaries(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut rcpts = conn.prepare_cached(
-        "SELECT address, status, attempts, next_attempt, last_reply, last_class FROM recipients WHERE message_id = ?1 ORDER BY idx",
+        "SELECT address, status, attempts, next_attempt, last_reply, last_class, last_attempt FROM recipients WHERE message_id = ?1 ORDER BY idx",
     )?;
     for message in &mut messages {
         message.recipients = rcpts
@@ -58,6 +64,7 @@ pub(super) fn load_summaries(
                     next_attempt: row.get(3)?,
                     last_reply: row.get(4)?,
                     last_class: row.get(5)?,
+                    last_attempt: row.get(6)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -298,7 +305,8 @@ impl QueueStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, last_class = ?6,
-                     attempts = attempts + ?7 WHERE message_id = ?1 AND idx = ?2",
+                     attempts = attempts + ?7, last_attempt = CASE WHEN ?7 THEN ?8 ELSE last_attempt END
+                     WHERE message_id = ?1 AND idx = ?2",
                 )
                 .map_err(backend)?;
             for u in &updates {
@@ -309,7 +317,8 @@ impl QueueStore for SqliteStore {
                     u.next_attempt,
                     u.reply,
                     u.class,
-                    i64::from(u.attempted)
+                    i64::from(u.attempted),
+                    now
                 ])
                     .map_err(backend)?;
             }
@@ -344,8 +353,7 @@ impl QueueStore for SqliteStore {
             }
             let summary = load_summaries(conn, "WHERE id = ?1", &id).map_err(backend)?.pop();
             if summary.as_ref().is_some_and(|s| !s.needs_bounce_report()) {
-                conn.execute("UPDATE messages SET content = NULL WHERE id = ?1", [&id])
-                    .map_err(backend)?;
+                conn.execute(FINISH, [&id]).map_err(backend)?;
             }
             Ok(summary)
         }))
@@ -353,21 +361,27 @@ impl QueueStore for SqliteStore {
 
     fn finalize(&self, id: &QueueId) -> StoreFuture<'_, ()> {
         let id = id.to_string();
-        Box::pin(self.write(move |conn| {
-            conn.execute("UPDATE messages SET content = NULL WHERE id = ?1", [id])
-                .map(|_| ())
-                .map_err(backend)
-        }))
+        Box::pin(self.write(move |conn| conn.execute(FINISH, [id]).map(|_| ()).map_err(backend)))
     }
 
-    fn unfinalized(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>> {
+    fn unfinalized(
+        &self,
+        after: Option<&QueueId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<MessageSummary>> {
+        let after = after.map_or_else(String::new, |id| id.to_string());
         Box::pin(self.read(move |conn| {
+            // Mail only for our own domains owes no report and keeps its content.
             load_summaries(
                 conn,
-                "WHERE content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recipients r
-                     WHERE r.message_id = messages.id AND r.status IN ('queued', 'deferred'))
-                 ORDER BY id LIMIT ?1",
-                &(limit as i64),
+                &format!(
+                    "WHERE id > ?1 AND finished = 0 AND NOT EXISTS (SELECT 1 FROM recipients r
+                         WHERE r.message_id = messages.id AND r.status IN ('queued', 'deferred'))
+                     AND EXISTS (SELECT 1 FROM recipients r
+                         WHERE r.message_id = messages.id AND r.status != 'local')
+                     ORDER BY id LIMIT {limit}"
+                ),
+                &after,
             )
         }))
     }
@@ -496,11 +510,95 @@ mod tests {
             Some("bad-mailbox")
         );
         assert_eq!(done.recipients[0].last_class, None);
-        assert_eq!(store.unfinalized(10).await.unwrap().len(), 1);
+        // Each recipient's own last attempt, for the bounce report.
+        assert_eq!(
+            (
+                done.recipients[0].last_attempt,
+                done.recipients[1].last_attempt
+            ),
+            (Some(10), Some(60))
+        );
+        assert_eq!(store.unfinalized(None, 10).await.unwrap().len(), 1);
         store.finalize(&id).await.unwrap();
-        assert!(store.unfinalized(10).await.unwrap().is_empty());
+        assert!(store.unfinalized(None, 10).await.unwrap().is_empty());
         assert!(store.message_content(&id).await.unwrap().is_none());
         assert!(store.message(&id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn unfinalized_is_paged_and_local_mail_keeps_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let local = |mut msg: NewMessage, which: &[bool]| {
+            for (r, local) in msg.recipients.iter_mut().zip(which) {
+                r.local = *local;
+            }
+            msg
+        };
+        let bounced = |idx| RecipientUpdate {
+            idx,
+            status: RecipientStatus::Bounced,
+            next_attempt: 0,
+            reply: "550 5.1.1 unknown".into(),
+            class: None,
+            attempted: true,
+            path: Default::default(),
+        };
+        let local_only = local(message(&["postmaster@relay.test"]), &[true]);
+        let local_id = local_only.id.clone();
+        store.enqueue(local_only).await.unwrap();
+        let mixed = local(
+            message(&["postmaster@relay.test", "b@x.example"]),
+            &[true, false],
+        );
+        let mixed_id = mixed.id.clone();
+        store.enqueue(mixed).await.unwrap();
+        store
+            .record_attempt(&mixed_id, vec![bounced(1)], 5)
+            .await
+            .unwrap()
+            .expect("done");
+        let mut owing = vec![mixed_id.clone()];
+        for _ in 0..3 {
+            let msg = message(&["a@x.example"]);
+            owing.push(msg.id.clone());
+            store.enqueue(msg).await.unwrap();
+            store
+                .record_attempt(owing.last().unwrap(), vec![bounced(0)], 5)
+                .await
+                .unwrap();
+        }
+        owing.sort();
+
+        // Pages of two, in id order, without the mail for our own domain only.
+        let first = store.unfinalized(None, 2).await.unwrap();
+        let second = store.unfinalized(Some(&first[1].id), 2).await.unwrap();
+        let listed: Vec<QueueId> = first.iter().chain(&second).map(|m| m.id.clone()).collect();
+        assert_eq!(listed, owing);
+        assert!(
+            store
+                .unfinalized(Some(&second[1].id), 2)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Finished, the mixed message is listed no more, and keeps its content
+        // for its local recipient; so does the local-only one.
+        store.finalize(&mixed_id).await.unwrap();
+        store.finalize(&local_id).await.unwrap();
+        assert!(
+            !store
+                .unfinalized(None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|m| m.id == mixed_id)
+        );
+        assert!(store.message_content(&mixed_id).await.unwrap().is_some());
+        assert!(store.message_content(&local_id).await.unwrap().is_some());
+        store.finalize(&owing[3]).await.unwrap();
+        assert!(store.message_content(&owing[3]).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS messages (
     smtputf8 INTEGER NOT NULL,
     size INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
-    content BLOB
+    content BLOB,
+    finished INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -22,6 +23,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     next_attempt INTEGER NOT NULL,
     last_reply TEXT,
     last_class TEXT,
+    last_attempt INTEGER,
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, next_attempt);
@@ -83,22 +85,29 @@ CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user);
 
 /// Brings a database made by an older version up to the current schema.
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_class: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('recipients') WHERE name = 'last_class'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_class {
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |row| row.get(0),
+        )
+    };
+    if !has("recipients", "last_class")? {
         conn.execute_batch("ALTER TABLE recipients ADD COLUMN last_class TEXT")?;
     }
-    let has_asynchronous: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'asynchronous'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_asynchronous {
+    if !has("events", "asynchronous")? {
         conn.execute_batch(
             "ALTER TABLE events ADD COLUMN asynchronous INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    if !has("recipients", "last_attempt")? {
+        conn.execute_batch("ALTER TABLE recipients ADD COLUMN last_attempt INTEGER")?;
+    }
+    if !has("messages", "finished")? {
+        // Before the column, a finished message was one without content.
+        conn.execute_batch(
+            "ALTER TABLE messages ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
+             UPDATE messages SET finished = 1 WHERE content IS NULL;",
         )?;
     }
     Ok(())
@@ -113,7 +122,10 @@ mod tests {
     #[tokio::test]
     async fn a_database_without_last_class_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
-        let old = SCHEMA.replace("    last_class TEXT,\n", "");
+        let old = SCHEMA
+            .replace("    last_class TEXT,\n", "")
+            .replace("    last_attempt INTEGER,\n", "")
+            .replace(",\n    finished INTEGER NOT NULL DEFAULT 0", "");
         assert_ne!(old, SCHEMA);
         Connection::open(dir.path().join("outpost.db"))
             .unwrap()
