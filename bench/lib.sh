@@ -248,6 +248,8 @@ relay_stop() {
         stop_opendkim
     else
         RELAY_HWM=$(proc_kb "$OUTPOST_PID" VmHWM)
+        # the store's accept stage histograms (bench/stages.py reads them)
+        curl -s --max-time 5 "http://127.0.0.1:8025/metrics" > "$dir/metrics.txt" 2>/dev/null
         stop_outpost
         [[ "$OUTPOST_RC" == 0 ]] || RELAY_ERR="outpost exit status $OUTPOST_RC"
         if command -v sqlite3 >/dev/null && [[ -f "$dir/data/outpost.db" ]]; then

@@ -5,11 +5,16 @@
 //! Rendered in the Prometheus text exposition format (version 0.0.4) by
 //! `GET /metrics`. The destination-domain label is bounded: past
 //! [`MAX_DOMAINS`] distinct domains, further ones are counted as `other`.
+//!
+//! The store's group commit reports into [`CommitStages`] (shared with the store
+//! when it is opened): how long each accepted message waited for a batch, for the
+//! batch to be written and for the fsync that made it durable, and how many writes
+//! each batch held. Together they say whether the disk or the CPU limits acceptance.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most distinct `domain` label values kept.
@@ -18,6 +23,14 @@ pub const MAX_DOMAINS: usize = 1000;
 const LATENCY_BUCKETS: [f64; 12] = [
     0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 432000.0,
 ];
+/// Upper bounds (seconds) of the commit stage histograms: 50 µs to 1 s.
+const STAGE_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Upper bounds of the batch size histogram (writes per commit).
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// Values of the `stage` label, in the order a write goes through them.
+const STAGES: [&str; 3] = ["wait", "write", "fsync"];
 /// Values of the `source` label.
 const SOURCES: [&str; 2] = ["smtp", "http"];
 
@@ -29,14 +42,136 @@ pub struct Metrics {
     messages: [[AtomicU64; 2]; 2],
     /// (result, domain) → recipients.
     deliveries: Mutex<BTreeMap<(&'static str, String), u64>>,
-    latency: Mutex<Histogram>,
+    latency: Mutex<Histogram<{ LATENCY_BUCKETS.len() }>>,
+    commit: Arc<CommitStages>,
 }
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; LATENCY_BUCKETS.len()],
+/// A Prometheus histogram over the upper bounds `bounds`: per-bucket counts (not
+/// yet cumulative), count and sum.
+struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    counts: [u64; N],
     count: u64,
     sum: f64,
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn new(bounds: &'static [f64; N]) -> Histogram<N> {
+        Histogram {
+            bounds,
+            counts: [0; N],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|bound| value <= *bound) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples of `name`, with `label` (a name
+    /// and a value) on each.
+    fn render(&self, out: &mut String, name: &str, label: Option<(&str, &str)>) {
+        let (before_le, set) = match label {
+            Some((k, v)) => (format!("{k}=\"{v}\","), format!("{{{k}=\"{v}\"}}")),
+            None => (String::new(), String::new()),
+        };
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(self.counts) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{before_le}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{before_le}le=\"+Inf\"}} {}\n{name}_sum{set} {}\n{name}_count{set} {}",
+            self.count, self.sum, self.count
+        );
+    }
+}
+
+impl Default for Histogram<{ LATENCY_BUCKETS.len() }> {
+    fn default() -> Self {
+        Histogram::new(&LATENCY_BUCKETS)
+    }
+}
+
+/// Where the store's group commit spends an acceptance's time, and how large its
+/// batches are. The store observes; [`Metrics::render`] reports.
+pub struct CommitStages {
+    /// Per acceptance: waiting for a batch to begin, writing the batch, and from the
+    /// end of the write to the end of the fsync that made it durable (including
+    /// any wait for the fsync of the batch before).
+    stages: Mutex<[Histogram<{ STAGE_BUCKETS.len() }>; 3]>,
+    /// Writes per commit, acceptances or not.
+    batch: Mutex<Histogram<{ BATCH_BUCKETS.len() }>>,
+    /// Batches written while the previous batch's fsync was still running.
+    overlapped: AtomicU64,
+}
+
+impl Default for CommitStages {
+    fn default() -> Self {
+        CommitStages {
+            stages: Mutex::new([const { Histogram::new(&STAGE_BUCKETS) }; 3]),
+            batch: Mutex::new(Histogram::new(&BATCH_BUCKETS)),
+            overlapped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl CommitStages {
+    /// One durable batch of `writes` writes, among them acceptances that waited
+    /// `accept_waits` each for the batch to begin; the batch took `write` to write
+    /// and then `fsync` to become durable.
+    pub fn batch(
+        &self,
+        writes: usize,
+        accept_waits: &[Duration],
+        write: Duration,
+        fsync: Duration,
+    ) {
+        self.batch
+            .lock()
+            .expect("metrics lock")
+            .observe(writes as f64);
+        if accept_waits.is_empty() {
+            return;
+        }
+        let mut stages = self.stages.lock().expect("metrics lock");
+        for wait in accept_waits {
+            stages[0].observe(wait.as_secs_f64());
+            stages[1].observe(write.as_secs_f64());
+            stages[2].observe(fsync.as_secs_f64());
+        }
+    }
+
+    /// Counts a batch written while the previous one was being fsynced.
+    pub fn overlapped(&self) {
+        self.overlapped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let stages = self.stages.lock().expect("metrics lock");
+        for (stage, h) in STAGES.iter().zip(stages.iter()) {
+            h.render(out, "outpost_accept_stage_seconds", Some(("stage", stage)));
+        }
+        drop(stages);
+        self.batch
+            .lock()
+            .expect("metrics lock")
+            .render(out, "outpost_store_batch_writes", None);
+        let _ = writeln!(
+            out,
+            "outpost_store_batches_overlapped_total {}",
+            self.overlapped.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// Keeps the open-connections gauge up while it lives.
@@ -49,6 +184,11 @@ impl Drop for OpenConnection<'_> {
 }
 
 impl Metrics {
+    /// What the store's group commit reports into (see [`CommitStages`]).
+    pub fn commit_stages(&self) -> Arc<CommitStages> {
+        self.commit.clone()
+    }
+
     /// Counts an SMTP connection that got past the connection limits.
     pub fn connection_opened(&self) -> OpenConnection<'_> {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -77,15 +217,10 @@ impl Metrics {
             *map.entry((result, domain.to_string())).or_default() += 1;
         }
         if let Some(latency) = latency {
-            let seconds = latency.as_secs_f64();
-            let mut h = self.latency.lock().expect("metrics lock");
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                if seconds <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
+            self.latency
+                .lock()
+                .expect("metrics lock")
+                .observe(latency.as_secs_f64());
         }
     }
 
@@ -136,6 +271,21 @@ impl Metrics {
             "histogram",
             "Time from acceptance to delivery, per delivered recipient.",
         );
+        family(
+            "outpost_accept_stage_seconds",
+            "histogram",
+            "Time an accepted message spent in each stage of the store's group commit: waiting for a batch, writing the batch, fsync (including waiting for the previous batch's fsync).",
+        );
+        family(
+            "outpost_store_batch_writes",
+            "histogram",
+            "Writes per store commit (group commit batch size).",
+        );
+        family(
+            "outpost_store_batches_overlapped_total",
+            "counter",
+            "Store batches written while the previous batch was being fsynced.",
+        );
         // The HELP/TYPE lines above are grouped for reading; samples follow.
         let _ = writeln!(
             out,
@@ -169,18 +319,12 @@ impl Metrics {
         if let Some(n) = queue_in_memory {
             let _ = writeln!(out, "outpost_queue_messages_in_memory {n}");
         }
-        let h = self.latency.lock().expect("metrics lock");
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(h.counts) {
-            let _ = writeln!(
-                out,
-                "outpost_delivery_latency_seconds_bucket{{le=\"{bound}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "outpost_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}\noutpost_delivery_latency_seconds_sum {}\noutpost_delivery_latency_seconds_count {}",
-            h.count, h.sum, h.count
+        self.latency.lock().expect("metrics lock").render(
+            &mut out,
+            "outpost_delivery_latency_seconds",
+            None,
         );
+        self.commit.render(&mut out);
         out
     }
 }
@@ -206,6 +350,9 @@ mod tests {
         m.message_outcome("smtp", false);
         m.delivery("delivered", "x.example", Some(Duration::from_secs(2)));
         m.delivery("bounced", "y.\"example", None);
+        let ms = Duration::from_millis;
+        m.commit_stages().batch(3, &[ms(2), ms(30)], ms(1), ms(4));
+        m.commit_stages().overlapped();
         let text = m.render(Some(7), Some(3));
         for line in [
             "outpost_smtp_connections_total 2",
@@ -220,6 +367,16 @@ mod tests {
             "outpost_delivery_latency_seconds_bucket{le=\"5\"} 1",
             "outpost_delivery_latency_seconds_bucket{le=\"+Inf\"} 1",
             "outpost_delivery_latency_seconds_count 1",
+            "outpost_accept_stage_seconds_bucket{stage=\"wait\",le=\"0.0025\"} 1",
+            "outpost_accept_stage_seconds_bucket{stage=\"wait\",le=\"0.05\"} 2",
+            "outpost_accept_stage_seconds_count{stage=\"wait\"} 2",
+            "outpost_accept_stage_seconds_bucket{stage=\"write\",le=\"0.0005\"} 0",
+            "outpost_accept_stage_seconds_bucket{stage=\"write\",le=\"0.001\"} 2",
+            "outpost_accept_stage_seconds_bucket{stage=\"fsync\",le=\"0.005\"} 2",
+            "outpost_store_batch_writes_bucket{le=\"2\"} 0",
+            "outpost_store_batch_writes_bucket{le=\"4\"} 1",
+            "outpost_store_batch_writes_sum 3",
+            "outpost_store_batches_overlapped_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

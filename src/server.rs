@@ -64,8 +64,12 @@ impl Running {
 
 /// Opens the store and starts delivery (unless `delivery.paused`) and every listener.
 pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
-    let store: Arc<dyn Store> = SqliteStore::open(&config.data_dir, config.store.max_batch)?;
     let metrics = Arc::new(Metrics::default());
+    let store: Arc<dyn Store> = SqliteStore::open_measured(
+        &config.data_dir,
+        config.store.max_batch,
+        metrics.commit_stages(),
+    )?;
     let queue = if config.delivery.paused {
         tracing::warn!("delivery.paused is set: mail is accepted and stored, not delivered");
         None

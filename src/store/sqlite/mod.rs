@@ -24,6 +24,7 @@ mod suppressions;
 mod writer;
 
 use super::*;
+use crate::metrics::CommitStages;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,15 @@ const MAX_READERS: usize = 16;
 impl SqliteStore {
     /// Opens (creating if needed) `dir/outpost.db` and starts the writer thread.
     pub fn open(dir: &Path, max_batch: usize) -> StoreResult<Arc<SqliteStore>> {
+        Self::open_measured(dir, max_batch, Arc::default())
+    }
+
+    /// [`SqliteStore::open`], reporting the group commit's stages into `stages`.
+    pub fn open_measured(
+        dir: &Path,
+        max_batch: usize,
+        stages: Arc<CommitStages>,
+    ) -> StoreResult<Arc<SqliteStore>> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create data directory {}: {e}",
@@ -62,7 +72,7 @@ impl SqliteStore {
         schema::migrate(&conn).map_err(backend)?;
         dashboard::migrate(&conn).map_err(backend)?;
         Ok(Arc::new(SqliteStore {
-            jobs: writer::start(conn, max_batch)?,
+            jobs: writer::start(conn, max_batch, stages)?,
             path,
             readers: Mutex::new(Vec::new()),
             reader_slots: tokio::sync::Semaphore::new(MAX_READERS),

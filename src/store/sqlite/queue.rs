@@ -178,7 +178,7 @@ fn make_due(conn: &Connection, id: Option<&str>, now: i64) -> rusqlite::Result<u
 
 impl QueueStore for SqliteStore {
     fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |conn| {
+        Box::pin(self.write_accept(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

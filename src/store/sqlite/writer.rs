@@ -3,11 +3,17 @@
 //! SAVEPOINT (one failing job does not undo the others), commits once (one WAL
 //! fsync), and only then answers every job. Under load, many sessions share one
 //! fsync.
+//!
+//! Each acceptance's time here is reported in three stages ([`CommitStages`]):
+//! waiting for its batch to begin, running the batch's writes, and the COMMIT
+//! (writing the WAL frames and the fsync).
 
 use super::{SqliteStore, backend};
+use crate::metrics::CommitStages;
 use crate::store::{StoreError, StoreResult};
 use rusqlite::Connection;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
@@ -44,15 +50,27 @@ where
     }
 }
 
+/// A job as it waits in the writer's channel.
+pub(super) struct Queued {
+    job: Box<dyn Job>,
+    since: Instant,
+    /// An acceptance (`enqueue`): its stages are measured.
+    accept: bool,
+}
+
 /// The channel into the writer thread.
-pub(super) type Jobs = mpsc::Sender<Box<dyn Job>>;
+pub(super) type Jobs = mpsc::Sender<Queued>;
 
 /// Starts the writer thread on `conn`; it stops when every sender is dropped.
-pub(super) fn start(conn: Connection, max_batch: usize) -> StoreResult<Jobs> {
-    let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+pub(super) fn start(
+    conn: Connection,
+    max_batch: usize,
+    stages: Arc<CommitStages>,
+) -> StoreResult<Jobs> {
+    let (jobs, rx) = mpsc::channel::<Queued>();
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(conn, rx, max_batch))
+        .spawn(move || writer_loop(conn, rx, max_batch, &stages))
         .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
     Ok(jobs)
 }
@@ -63,17 +81,42 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
+        self.submit(false, f).await
+    }
+
+    /// [`SqliteStore::write`] for an acceptance, whose stages are measured.
+    pub(super) async fn write_accept<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        self.submit(true, f).await
+    }
+
+    async fn submit<R: Send + 'static>(
+        &self,
+        accept: bool,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(WriteJob { write: f, reply });
+        let queued = Queued {
+            job: Box::new(WriteJob { write: f, reply }),
+            since: Instant::now(),
+            accept,
+        };
         self.jobs
-            .send(job)
+            .send(queued)
             .map_err(|_| StoreError::Backend("store writer has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Backend("store writer has stopped".into()))?
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, max_batch: usize) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Queued>,
+    max_batch: usize,
+    stages: &CommitStages,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -82,19 +125,32 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, max_batch
                 Err(_) => break,
             }
         }
+        let begun = Instant::now();
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
                 let e = backend(e);
                 tracing::error!(error = %e, "store cannot begin a transaction");
-                batch.into_iter().for_each(|job| job.abort(e.clone()));
+                batch.into_iter().for_each(|q| q.job.abort(e.clone()));
                 continue;
             }
         };
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job.run(&tx)).collect();
+        let writes = batch.len();
+        let mut accept_waits = Vec::new();
+        let mut completions = Vec::with_capacity(writes);
+        for q in batch {
+            if q.accept {
+                accept_waits.push(begun.saturating_duration_since(q.since));
+            }
+            completions.push(q.job.run(&tx));
+        }
+        let written = Instant::now();
         // A failed COMMIT rolls the transaction back when `tx` is dropped.
         match tx.commit().map_err(backend) {
-            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Ok(()) => {
+                stages.batch(writes, &accept_waits, written - begun, written.elapsed());
+                completions.into_iter().for_each(|c| c(Ok(())));
+            }
             Err(e) => {
                 tracing::error!(error = %e, writes = completions.len(), "store commit failed");
                 completions.into_iter().for_each(|c| c(Err(e.clone())));
