@@ -5,7 +5,7 @@ mod cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use outpost::config::Config;
+use outpost::config::{Config, LogFormat};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Bulk send from a CSV file through the HTTP API, with a progress bar.
     Send(cli::send::SendArgs),
+    /// Accepted, delivered, deferred and bounced over the last hour, day and week.
+    Stats(cli::stats::StatsArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,14 +50,19 @@ fn main() -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        // One object per line, the event's fields at the top level, for log shippers.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
         // Colour only on a terminal: logs piped to files, journald or tests stay plain.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -66,6 +73,7 @@ fn main() -> Result<()> {
             Command::Domain(cmd) => cli::domain::run(&config, cmd).await,
             Command::Suppress(cmd) => cli::suppress::run(&config, cmd).await,
             Command::Check(args) => cli::check::run(&config, args).await,
+            Command::Stats(args) => cli::stats::run(&config, args).await,
         }
     })
 }

@@ -25,6 +25,8 @@ mod unsubscribe;
 
 pub use compose::{Compose, Personalized, Recipient, SendRequest};
 pub use events::EventView;
+pub use messages::{MessageView, RecipientView};
+pub use stats::{DEFAULT_WINDOWS, Stats, Window, compute as compute_stats};
 // For the fuzz checks (`crate::fuzzing::api_json`): the handlers' steps from a
 // request body to what they would store, without a server.
 #[cfg(feature = "fuzzing")]
@@ -261,7 +263,7 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
                 Ok(Caller(user))
             }
             (None, ip) => {
-                tracing::warn!(user = %name, ?ip, "HTTP API: authentication failed");
+                tracing::warn!(user = %name, ip = %ip.map_or_else(|| "unknown".into(), |ip| ip.to_string()), "HTTP API: authentication failed");
                 if let Some(ip) = ip {
                     tokio::time::sleep(ctx.throttle.record_failure(ip)).await;
                 }
@@ -301,11 +303,17 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
 }
 
 /// Serves the API on an already bound listener until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
+/// Serves until `stop` completes, then finishes the requests in progress.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ApiContext>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     if let Err(e) = axum::serve(
         listener,
         router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
+    .with_graceful_shutdown(stop)
     .await
     {
         tracing::error!(error = %e, "HTTP API server stopped");

@@ -66,7 +66,7 @@ impl AuthThrottle {
         if entry.count >= self.max_failures {
             // The lock lasts a full window from the failure that triggered it.
             entry.since = Instant::now();
-            tracing::warn!(%ip, failures = entry.count, lockout = ?self.lockout, "AUTH failures over the limit; address locked out");
+            tracing::warn!(%ip, failures = entry.count, lockout_seconds = self.lockout.as_secs(), "AUTH failures over the limit; address locked out");
         }
         Duration::from_millis(250 * u64::from(entry.count.saturating_sub(1).min(8)))
     }

@@ -6,6 +6,7 @@ use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::store::{RecipientStatus, RecipientUpdate, Suppression};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,13 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 tracing::error!(queue_id = %job.message.id, reason, "cannot load message for delivery");
                 let reply = RemoteReply::local(451, [4, 3, 0], format!("local error: {reason}"));
                 engine
-                    .record(&job, Attempt::Made(vec![reply; job.recipients.len()]))
+                    .record(
+                        &job,
+                        Attempt::Made {
+                            replies: vec![reply; job.recipients.len()],
+                            remote: None,
+                        },
+                    )
                     .await;
                 continue;
             }
@@ -77,13 +84,18 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                     .iter()
                     .find(|r| means_slow_down(r.code, &r.text))
                     .cloned();
-                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, tls = client.tls,
-                    replies = %replies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "), "delivery attempt");
+                tracing::debug!(queue_id = %job.message.id, domain = %job.domain, %remote, tls = client.tls, "transaction done");
                 // Recording waits for a group commit; the connection need not wait
                 // with it. A crash before the commit means a second delivery, never a
                 // lost one.
                 let recorder = engine.clone();
-                tokio::spawn(async move { recorder.record(&job, Attempt::Made(replies)).await });
+                tokio::spawn(async move {
+                    let attempt = Attempt::Made {
+                        replies,
+                        remote: Some(remote),
+                    };
+                    recorder.record(&job, attempt).await
+                });
                 if let Some(reply) = slow_down {
                     client.quit().await;
                     engine.suspend(&destination, reply).await;
@@ -94,11 +106,13 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 }
             }
             Err(e) => {
-                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, error = %e, "delivery attempt failed");
                 engine
                     .record(
                         &job,
-                        Attempt::Made(vec![e.as_reply(); job.recipients.len()]),
+                        Attempt::Made {
+                            replies: vec![e.as_reply(); job.recipients.len()],
+                            remote: Some(remote),
+                        },
                     )
                     .await;
             }
@@ -112,8 +126,11 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
 /// What became of a job.
 pub(super) enum Attempt {
     /// Replies from the destination (or made up for a failure to reach it), one
-    /// per recipient.
-    Made(Vec<RemoteReply>),
+    /// per recipient, and the server that gave them (`None`: none was reached).
+    Made {
+        replies: Vec<RemoteReply>,
+        remote: Option<SocketAddr>,
+    },
     /// Not tried: the destination is suspended until `until`.
     Skipped { reply: RemoteReply, until: Instant },
 }
@@ -134,12 +151,14 @@ impl Engine {
     /// The domain could not be reached: a permanent reason bounces the job; a
     /// temporary one defers it and suspends its destination.
     async fn destination_failed(&self, job: Job, reply: RemoteReply) {
-        tracing::info!(queue_id = %job.message.id, domain = %job.domain, reply = %reply, "destination unavailable");
         let destination = job.destination.clone();
         let permanent = reply.is_permanent();
         self.record(
             &job,
-            Attempt::Made(vec![reply.clone(); job.recipients.len()]),
+            Attempt::Made {
+                replies: vec![reply.clone(); job.recipients.len()],
+                remote: None,
+            },
         )
         .await;
         if !permanent {
@@ -163,11 +182,16 @@ impl Engine {
     pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
         let now = now_ms();
         let delivery = &self.config.delivery;
-        let (replies, attempted, resume_at) = match attempt {
-            Attempt::Made(replies) => (replies, true, None),
+        let (replies, remote, attempted, resume_at) = match attempt {
+            Attempt::Made { replies, remote } => (replies, remote, true, None),
             Attempt::Skipped { reply, until } => {
                 let wait = until.saturating_duration_since(Instant::now()).as_millis() as i64;
-                (vec![reply; job.recipients.len()], false, Some(now + wait))
+                (
+                    vec![reply; job.recipients.len()],
+                    None,
+                    false,
+                    Some(now + wait),
+                )
             }
         };
         let mut suppress = Vec::new();
@@ -186,20 +210,29 @@ impl Engine {
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
                 } else if retry::expired(job.message.received_at, delivery.max_age, now) {
-                    let text = format!("{} 4.4.7 Delivery time expired; last error: {reply}", reply.code);
+                    let text = format!(
+                        "{} 4.4.7 Delivery time expired; last error: {reply}",
+                        reply.code
+                    );
                     (RecipientStatus::Bounced, 0, text)
                 } else {
                     let next = resume_at.unwrap_or_else(|| {
                         retry::next_attempt(&delivery.retry, recipient.attempts + 1, now)
                     });
                     // The last try is at max_age, not at the first interval past it.
-                    let expiry = job.message.received_at
+                    let expiry = job
+                        .message
+                        .received_at
                         .saturating_add(delivery.max_age.get().as_millis() as i64);
-                    (RecipientStatus::Deferred, next.min(expiry), reply.to_string())
+                    (
+                        RecipientStatus::Deferred,
+                        next.min(expiry),
+                        reply.to_string(),
+                    )
                 };
-                tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
-                let latency = (status == RecipientStatus::Delivered)
-                    .then(|| Duration::from_millis(now.saturating_sub(job.message.received_at).max(0) as u64));
+                let latency = (status == RecipientStatus::Delivered).then(|| {
+                    Duration::from_millis(now.saturating_sub(job.message.received_at).max(0) as u64)
+                });
                 self.metrics.delivery(status.as_str(), &job.domain, latency);
                 RecipientUpdate {
                     idx: recipient.idx,
@@ -210,7 +243,8 @@ impl Engine {
                     attempted,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        log_attempt(job, &updates, remote, attempted);
         self.commit(&job.message, updates).await;
         let domain = job.message.sending_domain();
         if domain.is_empty() {
@@ -248,6 +282,33 @@ impl Engine {
             Err(e) => {
                 tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome")
             }
+        }
+    }
+}
+
+/// One log line per outcome of a delivery attempt (usually one per attempt):
+/// `delivered` and `deferred` at INFO, `bounced` at WARN, with the queue id, the
+/// recipients, the server that answered and its reply.
+fn log_attempt(job: &Job, updates: &[RecipientUpdate], remote: Option<SocketAddr>, tried: bool) {
+    let remote = remote.map_or_else(|| "none".to_string(), |a| a.to_string());
+    let mut groups: Vec<(RecipientStatus, &str, Vec<&str>)> = Vec::new();
+    for (update, recipient) in updates.iter().zip(&job.recipients) {
+        let address = recipient.address.as_str();
+        match groups
+            .iter_mut()
+            .find(|(status, reply, _)| *status == update.status && *reply == update.reply)
+        {
+            Some((_, _, rcpts)) => rcpts.push(address),
+            None => groups.push((update.status, &update.reply, vec![address])),
+        }
+    }
+    for (status, reply, rcpts) in groups {
+        let rcpts = rcpts.join(",");
+        let (queue_id, outcome) = (&job.message.id, status.as_str());
+        if status == RecipientStatus::Bounced {
+            tracing::warn!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, reply, tried, "delivery");
+        } else {
+            tracing::info!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, reply, tried, "delivery");
         }
     }
 }

@@ -135,6 +135,11 @@ pub struct SqliteStore {
 const MAX_READERS: usize = 16;
 
 impl SqliteStore {
+    /// The database file of the store kept in data directory `dir`.
+    pub fn database_path(dir: &Path) -> PathBuf {
+        dir.join("outpost.db")
+    }
+
     /// Opens (creating if needed) `dir/outpost.db` and starts the writer thread.
     pub fn open(dir: &Path, max_batch: usize) -> StoreResult<Arc<SqliteStore>> {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -143,7 +148,7 @@ impl SqliteStore {
                 dir.display()
             ))
         })?;
-        let path = dir.join("outpost.db");
+        let path = Self::database_path(dir);
         let conn = Connection::open(&path).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

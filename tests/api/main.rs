@@ -8,6 +8,7 @@ mod support;
 
 mod bad_input;
 mod bulk_send;
+mod send_stops;
 mod sending;
 mod tenants;
 mod unsubscribe;
