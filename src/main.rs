@@ -42,6 +42,9 @@ enum Command {
     Send(cli::send::SendArgs),
     /// Accepted, delivered, deferred and bounced over the last hour, day and week.
     Stats(cli::stats::StatsArgs),
+    /// Check the configuration file.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCommand),
 }
 
 fn main() -> Result<()> {
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
             Command::Suppress(cmd) => cli::suppress::run(&config, cmd).await,
             Command::Check(args) => cli::check::run(&config, args).await,
             Command::Stats(args) => cli::stats::run(&config, args).await,
+            Command::Config(cmd) => cli::config::run(&config, cli.config.as_deref(), cmd),
         }
     })
 }

@@ -5,6 +5,7 @@
 //! not the relay's).
 
 pub mod check;
+pub mod config;
 pub mod domain;
 pub mod queue;
 pub mod send;
