@@ -16,11 +16,11 @@ set -euo pipefail
 #                              tests/delivery/interop.rs and tests/deliverability/checks.rs
 #   testssl.sh                 tests/e2e/tls_audit.py (about 90 s)
 #   systemd                    systemd-analyze verify of contrib/outpost.service
-#   curl                       the examples of docs/*.md (tests/e2e/docs_examples.py)
+#   curl, jq                   the examples of docs/*.md (tests/e2e/docs_examples.py)
 #   git                        the README walk-through clones the repo (tests/e2e/readme_walkthrough.py)
 debian=(
     swaks libnet-ssleay-perl openssl python3 python3-pip postfix testssl.sh
-    systemd curl git
+    systemd curl jq git
 )
 # pip packages, into the python3 first on PATH (which may not be Debian's: pyenv,
 # venvs), so the suites import them whatever interpreter runs them.
@@ -66,7 +66,7 @@ if [ "${#npm_packages[@]}" -gt 0 ]; then
     done
 fi
 
-for tool in cargo swaks openssl python3 curl git systemd-analyze /usr/sbin/smtp-sink; do
+for tool in cargo swaks openssl python3 curl jq git systemd-analyze /usr/sbin/smtp-sink; do
     command -v "$tool" >/dev/null || { echo "missing tool after install: $tool" >&2; exit 1; }
 done
 if ! command -v testssl >/dev/null && ! command -v testssl.sh >/dev/null; then
