@@ -179,7 +179,10 @@ async fn queue_commands_act_on_a_running_server() {
     let list = cli_ok(&config, &["queue", "list"]);
     // mailq's shape: the message line, then per pending recipient its last reply
     // and next attempt, then the address.
-    for (id, rcpt) in ids.iter().zip(["one@cli.test", "two@cli.test", "three@cli.test"]) {
+    for (id, rcpt) in ids
+        .iter()
+        .zip(["one@cli.test", "two@cli.test", "three@cli.test"])
+    {
         let lines: Vec<&str> = list.lines().collect();
         let at = lines
             .iter()
@@ -192,7 +195,11 @@ async fn queue_commands_act_on_a_running_server() {
             assert!(lines[at + 1].contains("; 1 attempt, "), "{list}");
         }
     }
-    assert_eq!(list.lines().last(), Some("-- 3 message(s) in the queue"), "{list}");
+    assert_eq!(
+        list.lines().last(),
+        Some("-- 3 message(s) in the queue"),
+        "{list}"
+    );
 
     let shown = show(&config, one).expect("queue show");
     assert_eq!(shown["id"], one.as_str());
