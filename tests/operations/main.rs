@@ -8,6 +8,7 @@ mod support;
 
 mod check_exit;
 mod lifecycle;
+mod logs;
 mod readonly;
 
 use std::path::Path;
