@@ -248,7 +248,8 @@ impl Campaign {
         };
         let progress = ProgressBar::new(self.rows.len() as u64);
         progress.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}  {msg}")
+            // `per_sec:0`: the rate rounded to whole rows.
+            ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec:0}  eta {eta}  {msg}")
                 .expect("static template"),
         );
         let numbered: Vec<(usize, &Recipient)> = self
