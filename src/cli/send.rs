@@ -249,8 +249,10 @@ impl Campaign {
         let progress = ProgressBar::new(self.rows.len() as u64);
         progress.set_style(
             // `per_sec:0`: the rate rounded to whole rows.
-            ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec:0}  eta {eta}  {msg}")
-                .expect("static template"),
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rows  {per_sec:0}  eta {eta}  {msg}",
+            )
+            .expect("static template"),
         );
         let numbered: Vec<(usize, &Recipient)> = self
             .rows
