@@ -14,15 +14,23 @@
 //!   this includes time spent waiting for a free session, so a stalled relay shows up
 //!   in the percentiles instead of silently lowering the offered load.
 //!
+//! With `--per-connection`, every message gets a connection of its own (connect,
+//! EHLO, optionally STARTTLS and `--auth` AUTH PLAIN, one transaction, QUIT), as
+//! applications that log in once per message do; the latencies are then those of
+//! the transaction in that connection.
+//!
 //! Output: `key=value` lines on stdout (the scripts in bench/ parse them); exit
 //! status 1 if any message was not accepted.
 
 use anyhow::{Context, Result, bail};
+use base64::Engine;
 use clap::Parser;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
@@ -52,7 +60,20 @@ struct Args {
     /// Deadline for any single reply.
     #[arg(long, default_value_t = 60)]
     reply_timeout_s: u64,
+    /// A new connection for every message instead of one per session.
+    #[arg(long)]
+    per_connection: bool,
+    /// STARTTLS after EHLO (the certificate is not verified; sessions are resumed
+    /// when the relay allows it, as TLS clients do).
+    #[arg(long)]
+    starttls: bool,
+    /// `USER:PASSWORD` for AUTH PLAIN after STARTTLS.
+    #[arg(long)]
+    auth: Option<String>,
 }
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Latencies of the messages one session sent, in microseconds.
 #[derive(Default)]
@@ -63,29 +84,57 @@ struct SessionResult {
 }
 
 struct Session {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
     reply_timeout: Duration,
     line: String,
 }
 
+/// How a session opens: TLS (one client configuration, so its session cache
+/// is shared) and AUTH PLAIN.
+struct Login {
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// Base64 of `\0user\0password`.
+    auth_plain: Option<String>,
+}
+
 impl Session {
-    async fn connect(target: &str, reply_timeout: Duration) -> Result<Session> {
+    async fn connect(target: &str, login: &Login, reply_timeout: Duration) -> Result<Session> {
         let stream = timeout(reply_timeout, TcpStream::connect(target))
             .await
             .context("connect timed out")?
             .with_context(|| format!("connect to {target}"))?;
         stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
-        let mut session = Session {
+        let mut session = Session::over(Box::new(stream), reply_timeout);
+        session.expect(220).await.context("greeting")?;
+        session.command(b"EHLO latency.bench.test\r\n", 250).await?;
+        if let Some(tls) = &login.tls {
+            session.command(b"STARTTLS\r\n", 220).await?;
+            let plain = session.reader.into_inner().unsplit(session.writer);
+            let name = rustls::pki_types::ServerName::try_from("relay.bench.test")?;
+            let stream = timeout(reply_timeout, tls.connect(name, plain))
+                .await
+                .context("TLS handshake timed out")??;
+            session = Session::over(Box::new(stream), reply_timeout);
+            session.command(b"EHLO latency.bench.test\r\n", 250).await?;
+        }
+        if let Some(plain) = &login.auth_plain {
+            session
+                .command(format!("AUTH PLAIN {plain}\r\n").as_bytes(), 235)
+                .await
+                .context("AUTH")?;
+        }
+        Ok(session)
+    }
+
+    fn over(stream: Box<dyn Stream>, reply_timeout: Duration) -> Session {
+        let (read, writer) = tokio::io::split(stream);
+        Session {
             reader: BufReader::new(read),
             writer,
             reply_timeout,
             line: String::new(),
-        };
-        session.expect(220).await.context("greeting")?;
-        session.command(b"EHLO latency.bench.test\r\n", 250).await?;
-        Ok(session)
+        }
     }
 
     /// Reads one (possibly multi-line) reply and returns its code.
@@ -145,12 +194,14 @@ fn message(from: &str, rcpt: &str, size: usize) -> Vec<u8> {
 
 async fn run_session(
     args: Arc<Args>,
+    login: Arc<Login>,
     next: Arc<AtomicUsize>,
     start: Instant,
     body: Arc<Vec<u8>>,
 ) -> Result<SessionResult> {
     let reply_timeout = Duration::from_secs(args.reply_timeout_s);
-    let mut session = Session::connect(&args.target, reply_timeout).await?;
+    let mut session = Session::connect(&args.target, &login, reply_timeout).await?;
+    let mut fresh = true;
     let mail = format!("MAIL FROM:<{}>\r\n", args.from);
     let rcpt = format!("RCPT TO:<{}>\r\n", args.rcpt);
     let mut result = SessionResult::default();
@@ -166,6 +217,11 @@ async fn run_session(
         } else {
             Instant::now()
         };
+        if args.per_connection && !fresh {
+            session.command(b"QUIT\r\n", 221).await.ok();
+            session = Session::connect(&args.target, &login, reply_timeout).await?;
+        }
+        fresh = false;
         session.command(mail.as_bytes(), 250).await?;
         session.command(rcpt.as_bytes(), 250).await?;
         session.command(b"DATA\r\n", 354).await?;
@@ -209,11 +265,31 @@ async fn main() -> Result<()> {
     if args.sessions == 0 || args.messages == 0 {
         bail!("--sessions and --messages must be at least 1");
     }
+    if args.auth.is_some() && !args.starttls {
+        bail!("--auth needs --starttls (relays offer AUTH only over TLS)");
+    }
+    let login = Arc::new(Login {
+        tls: args
+            .starttls
+            .then(|| tokio_rustls::TlsConnector::from(outpost::outbound::tls::unverified_config())),
+        auth_plain: args.auth.as_deref().map(|credentials| {
+            let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+        }),
+    });
     let body = Arc::new(message(&args.from, &args.rcpt, args.size));
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..args.sessions)
-        .map(|_| tokio::spawn(run_session(args.clone(), next.clone(), start, body.clone())))
+        .map(|_| {
+            tokio::spawn(run_session(
+                args.clone(),
+                login.clone(),
+                next.clone(),
+                start,
+                body.clone(),
+            ))
+        })
         .collect();
     let (mut accept, mut transaction, mut rejected, mut failed_sessions) =
         (Vec::new(), Vec::new(), 0, 0);
@@ -232,8 +308,14 @@ async fn main() -> Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     println!(
-        "sessions={} messages={} size={} rate={}",
-        args.sessions, args.messages, args.size, args.rate
+        "sessions={} messages={} size={} rate={} per_connection={} starttls={} auth={}",
+        args.sessions,
+        args.messages,
+        args.size,
+        args.rate,
+        args.per_connection,
+        args.starttls,
+        args.auth.is_some()
     );
     println!("accepted={}", accept.len());
     println!("rejected={rejected}");

@@ -14,13 +14,22 @@ set -euo pipefail
 #   python3, python3-pip       the e2e suites (pip for what Debian lacks)
 #   postfix                    /usr/sbin/smtp-sink, the real receiving MTA of
 #                              tests/delivery/interop.rs and tests/deliverability/checks.rs
+#                              and tests/e2e/postfix_satellite_e2e.py runs as a satellite
+#   libsasl2-modules           the satellite's SASL PLAIN/LOGIN client mechanisms
 #   testssl.sh                 tests/e2e/tls_audit.py (about 90 s)
+#   dnsmasq-base, opendkim,    tests/e2e/interop_e2e.py: its DNS server, verifiers, a
+#   rspamd, msmtp              client; and the libraries of the Exim binary that
+#   libgnutls-dane0 libidn12   tests/e2e/interop/install.sh unpacks (exim4 itself
+#   libnsl2 libdb5.3           conflicts with postfix)
+#   libpcre2-8-0
 #   systemd                    systemd-analyze verify of contrib/outpost.service
 #   curl, jq                   the examples of docs/*.md (tests/e2e/docs_examples.py)
 #   git                        the README walk-through clones the repo (tests/e2e/readme_walkthrough.py)
 debian=(
-    swaks libnet-ssleay-perl openssl python3 python3-pip postfix testssl.sh
+    swaks libnet-ssleay-perl openssl python3 python3-pip postfix libsasl2-modules testssl.sh
     systemd curl jq git
+    dnsmasq-base opendkim rspamd msmtp
+    libgnutls-dane0 libidn12 libnsl2 libdb5.3 libpcre2-8-0
 )
 # pip packages, into the python3 first on PATH (which may not be Debian's: pyenv,
 # venvs), so the suites import them whatever interpreter runs them.
@@ -66,10 +75,12 @@ if [ "${#npm_packages[@]}" -gt 0 ]; then
     done
 fi
 
-for tool in cargo swaks openssl python3 curl jq git systemd-analyze /usr/sbin/smtp-sink; do
+for tool in cargo swaks openssl python3 curl jq git systemd-analyze /usr/sbin/smtp-sink node npm; do
     command -v "$tool" >/dev/null || { echo "missing tool after install: $tool" >&2; exit 1; }
 done
 if ! command -v testssl >/dev/null && ! command -v testssl.sh >/dev/null; then
     echo "missing tool after install: testssl.sh" >&2
     exit 1
 fi
+# Exim (unpacked from its Debian package) and nodemailer (npm ci) for the interop suite.
+bash tests/e2e/interop/install.sh

@@ -17,6 +17,7 @@ use crate::dkim::DkimSigners;
 use crate::message;
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
+use crate::smtp::Mailbox;
 use crate::store::{NewMessage, NewRecipient, QueueId, Store, StoreError};
 use crate::unsubscribe::{MAILTO_PREFIX, UnsubscribeKey};
 use std::sync::Arc;
@@ -53,7 +54,8 @@ pub struct Origin {
 
 /// A validated envelope and content waiting to be accepted.
 pub struct Submission {
-    pub mail_from: String,
+    /// Envelope sender; `None` for the null sender `<>`.
+    pub mail_from: Option<Mailbox>,
     pub recipients: Vec<NewRecipient>,
     pub user: Option<AuthenticatedUser>,
     pub smtputf8: bool,
@@ -163,7 +165,11 @@ impl Acceptor {
             first_attempt_at,
         };
         self.store.enqueue(message.clone()).await?;
-        tracing::info!(queue_id = %id, origin = %s.origin.from, from = %message.mail_from, rcpts, size,
+        let from = message
+            .mail_from
+            .as_ref()
+            .map_or(String::new(), Mailbox::to_string);
+        tracing::info!(queue_id = %id, origin = %s.origin.from, from = %from, rcpts, size,
             source = s.origin.source, tls = s.origin.tls.is_some(),
             user = message.auth_user.as_deref(), "message accepted");
         if let Some(reservation) = reservation {
@@ -178,7 +184,7 @@ impl Acceptor {
     /// mail either way.
     async fn mailto_unsubscribes(&self, recipients: &[NewRecipient]) {
         for r in recipients.iter().filter(|r| r.local) {
-            let local_part = r.address.rsplit_once('@').map_or("", |(l, _)| l);
+            let local_part = r.address.local();
             let Some(token) = local_part
                 .get(..MAILTO_PREFIX.len())
                 .filter(|p| p.eq_ignore_ascii_case(MAILTO_PREFIX))

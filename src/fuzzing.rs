@@ -23,7 +23,6 @@ use crate::store::{
 };
 use crate::unsubscribe::UnsubscribeKey;
 use mail_auth::AuthenticatedMessage;
-use mail_auth::common::crypto::HashAlgorithm;
 use smtp_proto::Request;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -442,9 +441,9 @@ fn authors_are_authorized(message: &[u8], domains: &[String]) {
 fn accepted(content: &[u8]) {
     let id: QueueId = "0123456789ABCDEF0123".parse().expect("a valid queue id");
     let submission = Submission {
-        mail_from: "sender@a.example".into(),
+        mail_from: Mailbox::parse("sender@a.example"),
         recipients: vec![NewRecipient {
-            address: "rcpt@x.example".into(),
+            address: Mailbox::parse("rcpt@x.example").expect("an address"),
             local: false,
         }],
         user: Some(FIXTURE.caller.0.clone()),
@@ -513,8 +512,11 @@ fn header_fields_prepended(fields: &str, message: &[u8], with: &[u8]) {
     );
 }
 
-/// The body hash of the signature Outpost put first matches the body as a verifier
-/// finds it: signing and verifying agree on where the body starts and what it is.
+/// The signature Outpost put first is found by a verifier's parser (mail-auth's),
+/// and its body hash is that of the body where that parser finds it: signing and
+/// verifying agree on where the body starts. (Whether the canonicalization itself is
+/// right is checked against dkimpy in `tests/deliverability/verifiers.rs`: mail-auth 0.13's
+/// own is wrong for bodies ending in white space.)
 fn body_hash_verifies(signed: &[u8]) {
     let parsed = AuthenticatedMessage::parse(signed).expect("a signed message has headers");
     let ours = &parsed
@@ -522,14 +524,15 @@ fn body_hash_verifies(signed: &[u8]) {
         .first()
         .expect("the verifier finds the signature")
         .header;
-    let algorithm = HashAlgorithm::from(ours.a);
-    let computed = parsed
-        .body_hashes
-        .iter()
-        .find(|(c, h, l, _)| *c == ours.cb && *h == algorithm && *l == ours.l)
-        .map(|(.., hash)| hash)
-        .expect("the verifier hashes the body for the signature");
-    assert_eq!(computed, &ours.bh, "body hash does not verify");
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    crate::dkim::sign::relaxed_body(&signed[parsed.body_offset as usize..], |part| {
+        hash.update(part)
+    });
+    assert_eq!(
+        hash.finish().as_ref(),
+        &ours.bh[..],
+        "body hash does not verify"
+    );
 }
 
 /// The bounce of `original` is a three-part report (unless the original's headers
@@ -589,7 +592,10 @@ pub fn api_json(input: &[u8]) {
             // Acceptance authorizes the From: of the message (a composed one
             // begins with a field, so the fields it adds change nothing): it must
             // be the address the request was authorized for.
-            let from = Mailbox::parse(&submission.mail_from).expect("checked above");
+            let from = submission
+                .mail_from
+                .as_ref()
+                .expect("the API has no null sender");
             assert_eq!(
                 from_domains(&submission.content),
                 Some(vec![from.domain().as_str().to_lowercase()]),
@@ -615,9 +621,11 @@ pub fn api_json(input: &[u8]) {
 /// break the `Received:` header or the SMTP commands of delivery, and content
 /// acceptance takes, with a header block (then read as `message_headers` reads it).
 fn valid_submission(s: &Submission) {
-    address(&s.mail_from);
+    if let Some(sender) = &s.mail_from {
+        address(&sender.to_string());
+    }
     for r in &s.recipients {
-        address(&r.address);
+        address(&r.address.to_string());
     }
     assert_eq!(find_bare_line_ending(&s.content), None);
     assert!(

@@ -27,6 +27,9 @@ enum Command {
     /// Manage sending users.
     #[command(subcommand)]
     User(cli::user::UserCommand),
+    /// API keys: secrets for applications, instead of a user's password.
+    #[command(subcommand)]
+    Key(cli::keys::KeyCommand),
     /// Inspect and manage the queue.
     #[command(subcommand)]
     Queue(cli::queue::QueueCommand),
@@ -54,9 +57,9 @@ fn main() -> Result<()> {
         None => Config::default(),
     });
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(outpost::tls::quiet_client_sni_warnings(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        ))
         .with_writer(std::io::stderr);
     match config.log.format {
         // One object per line, the event's fields at the top level, for log shippers.
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve => cli::serve::run(config).await,
             Command::User(cmd) => cli::user::run(&config, cmd).await,
+            Command::Key(cmd) => cli::keys::run(&config, cmd).await,
             Command::Queue(cmd) => cli::queue::run(&config, cmd).await,
             Command::Send(args) => cli::send::run(&config, args).await,
             Command::Domain(cmd) => cli::domain::run(&config, cmd).await,

@@ -19,7 +19,7 @@ pub fn header_block(content: &[u8]) -> &[u8] {
 /// does: a line beginning with white space continues the field before it. The
 /// value is everything after the colon, continuation lines and final CRLF
 /// included; lines without a colon are skipped.
-fn fields(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(crate) fn fields(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut starts = Vec::new();
     let mut pos = 0;
     for line in headers.split_inclusive(|&b| b == b'\n') {

@@ -4,6 +4,7 @@
 
 use crate::accept::Acceptor;
 use crate::api::{self, ApiContext};
+use crate::auth::LoginGate;
 use crate::config::{Config, ListenerMode};
 use crate::dns::HickoryResolver;
 use crate::inbound::{self, InboundContext};
@@ -182,11 +183,13 @@ pub async fn start_with_store(
         unsubscribe,
         dkim: Arc::new(crate::dkim::DkimSigners::new(store.clone())),
     };
+    let login = Arc::new(LoginGate::new(store.clone(), &config.auth));
     let ctx = Arc::new(InboundContext::new(
         config.clone(),
         store.clone(),
         tokio_rustls::TlsAcceptor::from(tls_config),
         acceptor.clone(),
+        login.clone(),
     ));
     let connections = ctx.connections.clone();
     let shutdown = ctx.shutdown.clone();
@@ -201,7 +204,7 @@ pub async fn start_with_store(
     let mut stop_http = shutdown.subscribe();
     serving.spawn(api::serve(
         http,
-        Arc::new(ApiContext::new(acceptor)),
+        Arc::new(ApiContext::new(acceptor, login)),
         async move {
             let _ = stop_http.wait_for(|stop| *stop).await;
         },

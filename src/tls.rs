@@ -9,6 +9,31 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+/// The module of rustls that logs, at `warn`, a server name a client sent that is
+/// not a DNS name: msmtp and other GnuTLS clients send the IP address they
+/// connect to, on every connection.
+const CLIENT_SNI_LOG_TARGET: &str = "rustls::msgs::handshake";
+
+/// `filter` (from `RUST_LOG`, or the default) without rustls' warnings about the
+/// server names clients send: a client's quirk the operator can do nothing about,
+/// and the handshake goes on (without SNI). They stay when logging is at debug or
+/// finer, or when the filter names rustls itself.
+pub fn quiet_client_sni_warnings(filter: EnvFilter) -> EnvFilter {
+    let debugging = filter
+        .max_level_hint()
+        .is_some_and(|level| level >= LevelFilter::DEBUG);
+    if debugging || filter.to_string().contains("rustls") {
+        return filter;
+    }
+    filter.add_directive(
+        format!("{CLIENT_SNI_LOG_TARGET}=error")
+            .parse()
+            .expect("a valid directive"),
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -126,13 +151,23 @@ pub fn server_config(
         key_path,
         provider.clone(),
     )?);
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(certificate.clone());
+    // Session resumption, for clients that connect once per message: tickets (keys
+    // made at start-up, rotated every 6 hours by rustls) and, for TLS 1.2 clients
+    // without ticket support, a session cache. A resumed handshake skips the
+    // certificate and the signature.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok((Arc::new(config), source, certificate))
 }
+
+/// TLS 1.2 sessions remembered for resumption (a few hundred bytes each).
+const SESSION_CACHE_ENTRIES: usize = 4096;
 
 /// Validity of a generated certificate: a year and a month, the most browsers
 /// accept (CA/B Forum 398-day limit); it is replaced a month before it ends.
@@ -202,6 +237,17 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_sni_warnings_are_left_out_unless_debugging() {
+        let quiet = |spec: &str| quiet_client_sni_warnings(EnvFilter::new(spec)).to_string();
+        let directive = format!("{CLIENT_SNI_LOG_TARGET}=error");
+        assert!(quiet("info").contains(&directive));
+        assert!(quiet("warn,outpost=info").contains(&directive));
+        assert!(!quiet("debug").contains(&directive));
+        assert!(!quiet("info,outpost=trace").contains(&directive));
+        assert!(!quiet("info,rustls=warn").contains(&directive));
+    }
 
     #[test]
     fn generates_once_then_reuses() {

@@ -34,7 +34,8 @@ pub struct EventView {
     pub user: Option<String>,
     /// The remote server's reply (or ours), when there was one.
     pub reply: Option<String>,
-    /// Enhanced status code derived from the reply (`5.1.1`).
+    /// The reply's enhanced status code (`5.1.1`), or its class's (`2.0.0`) when it
+    /// has none; null without a reply.
     pub enhanced_code: Option<String>,
     pub bounce_class: Option<String>,
 }
@@ -51,7 +52,7 @@ impl From<Event> for EventView {
             message_id: e.message_id.map(|m| m.to_string()),
             recipient: e.recipient,
             user: e.user,
-            enhanced_code: e.reply.as_deref().map(status_of),
+            enhanced_code: e.reply.as_deref().and_then(status_of),
             reply: e.reply,
             bounce_class: e.class,
         }

@@ -4,7 +4,12 @@
 //! are valid, so a bad recipient or template refuses the whole request. Each
 //! message then goes through the same acceptance path as SMTP
 //! (`crate::accept`): the same sender authorization, added headers, durable
-//! commit and hand-off to the queue; `202` only after every commit.
+//! commit and hand-off to the queue; the answer comes after every commit. Commits
+//! are separate, so one can fail while others are stored: the answer is then
+//! `207` and says which recipients were stored and which were not, so a client
+//! retries only those (a total failure would make it send the others twice).
+//! Acceptances run in tasks of their own: a client that goes away does not cut
+//! one off between its commit and the hand-off to the queue.
 //!
 //! Every message from `POST /v1/messages` is bulk mail in the sense of RFC 8058:
 //! one message per recipient, each with its own `List-Unsubscribe` link.
@@ -41,9 +46,26 @@ pub struct Accepted {
     pub to: Vec<String>,
 }
 
+/// A recipient whose message was not stored.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Failed {
+    /// Its place in the request's `to` (0-based).
+    pub index: usize,
+    pub to: Vec<String>,
+    /// The HTTP status a request for this recipient alone would have got (`503`:
+    /// temporary, send it again).
+    pub status: u16,
+    pub error: String,
+}
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SendResponse {
+    /// The stored messages, in request order.
     pub messages: Vec<Accepted>,
+    /// Recipients whose message was not stored (only in a `207` answer; empty
+    /// otherwise).
+    #[serde(default)]
+    pub failed: Vec<Failed>,
 }
 
 /// `POST /v1/messages/raw`: a complete RFC 5322 message and its envelope.
@@ -65,7 +87,8 @@ pub struct RecipientView {
     /// Unix ms of the next attempt, for queued and deferred recipients.
     pub next_attempt: Option<i64>,
     pub last_reply: Option<String>,
-    /// Enhanced status code derived from the last reply (`5.1.1`).
+    /// The last reply's enhanced status code (`5.1.1`), or its class's (`2.0.0`)
+    /// when it has none; null without a reply.
     pub enhanced_code: Option<String>,
     /// Bounce class of the last failed attempt, when it was classified.
     pub bounce_class: Option<String>,
@@ -89,7 +112,7 @@ impl From<MessageSummary> for MessageView {
             .recipients
             .into_iter()
             .map(|r| RecipientView {
-                enhanced_code: r.last_reply.as_deref().map(status_of),
+                enhanced_code: r.last_reply.as_deref().and_then(status_of),
                 bounce_class: r.last_class,
                 next_attempt: (!r.status.is_final()).then_some(r.next_attempt),
                 address: r.address,
@@ -119,49 +142,47 @@ fn origin(peer: SocketAddr) -> Origin {
 }
 
 impl ApiContext {
-    /// Accepts every submission concurrently (they share group commits).
+    /// Accepts every submission concurrently (they share group commits); one result
+    /// per submission, in order. Each runs in a task that finishes even when this
+    /// future is dropped (the client went away).
     async fn accept_all(
         &self,
         submissions: Vec<(QueueId, Submission)>,
-    ) -> Result<Vec<QueueId>, ApiError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, (id, submission)) in submissions.into_iter().enumerate() {
-            let acceptor = self.acceptor.clone();
-            tasks.spawn(async move { (i, acceptor.accept_as(id, submission).await) });
+    ) -> Vec<Result<QueueId, ApiError>> {
+        let tasks: Vec<_> = submissions
+            .into_iter()
+            .map(|(id, submission)| {
+                let acceptor = self.acceptor.clone();
+                tokio::spawn(async move { acceptor.accept_as(id, submission).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(match task.await {
+                Ok(result) => result.map_err(accept_error),
+                Err(e) => Err(ApiError::Unavailable(e.to_string())),
+            });
         }
-        let mut ids = Vec::new();
-        let mut failure = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined.map_err(|e| ApiError::Unavailable(e.to_string()))? {
-                (i, Ok(id)) => ids.push((i, id)),
-                (_, Err(AcceptError::NotAuthorized)) => {
-                    failure = Some(ApiError::Forbidden {
-                        field: "from".into(),
-                        message: "the From: header is missing or not in your domains".into(),
-                    })
-                }
-                (_, Err(AcceptError::Nul)) => {
-                    failure = Some(ApiError::invalid(
-                        "message",
-                        "NUL octets are not allowed in a message",
-                    ))
-                }
-                (_, Err(AcceptError::Signing(e))) => failure = Some(ApiError::Unavailable(e)),
-                (_, Err(AcceptError::Store(e))) => failure = Some(e.into()),
-            }
-        }
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        ids.sort_by_key(|(i, _)| *i);
-        Ok(ids.into_iter().map(|(_, id)| id).collect())
+        results
+    }
+}
+
+fn accept_error(e: AcceptError) -> ApiError {
+    match e {
+        AcceptError::NotAuthorized => ApiError::Forbidden {
+            field: "from".into(),
+            message: "the From: header is missing or not in your domains".into(),
+        },
+        AcceptError::Nul => ApiError::invalid("message", "NUL octets are not allowed in a message"),
+        AcceptError::Signing(e) => ApiError::Unavailable(e),
+        AcceptError::Store(e) => e.into(),
     }
 }
 
 /// The envelope recipient for `mailbox`, marked local when its domain is one of ours.
 fn recipient(config: &Config, mailbox: &Mailbox) -> NewRecipient {
     NewRecipient {
-        address: mailbox.to_string(),
+        address: mailbox.clone(),
         local: config.relay.is_local(mailbox.domain()),
     }
 }
@@ -191,11 +212,16 @@ fn forbidden_sender(field: &str, domain: &str) -> ApiError {
     security(("basic" = [])),
     responses(
         (status = 202, description = "Accepted: one id per recipient", body = SendResponse),
+        (status = 207, description = "Partly accepted: `messages` were stored, the \
+            recipients in `failed` were not (each with its status and reason); send only \
+            those again", body = SendResponse),
         (status = 400, description = "Malformed JSON or unknown field", body = super::ErrorBody),
         (status = 401, description = "Wrong or missing credentials", body = super::ErrorBody),
         (status = 403, description = "Sender domain not granted", body = super::ErrorBody),
         (status = 413, description = "Too large", body = super::ErrorBody),
         (status = 422, description = "Invalid field", body = super::ErrorBody),
+        (status = 503, description = "Nothing was stored (temporary): send it again",
+            body = super::ErrorBody),
     ))]
 pub(super) async fn send(
     ctx: Ctx,
@@ -213,18 +239,41 @@ pub(super) async fn send(
     };
     let to: Vec<String> = submissions
         .iter()
-        .map(|(_, s)| s.recipients[0].address.clone())
+        .map(|(_, s)| s.recipients[0].address.to_string())
         .collect();
-    let ids = ctx.accept_all(submissions).await?;
-    let messages = ids
+    let mut messages = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_error = None;
+    for (index, (result, to)) in ctx
+        .accept_all(submissions)
+        .await
         .into_iter()
         .zip(to)
-        .map(|(id, to)| Accepted {
-            id: id.to_string(),
-            to: vec![to],
-        })
-        .collect();
-    Ok((StatusCode::ACCEPTED, Json(SendResponse { messages })))
+        .enumerate()
+    {
+        match result {
+            Ok(id) => messages.push(Accepted {
+                id: id.to_string(),
+                to: vec![to],
+            }),
+            Err(e) => {
+                failed.push(Failed {
+                    index,
+                    to: vec![to],
+                    status: e.status().as_u16(),
+                    error: e.to_string(),
+                });
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let status = match first_error {
+        // Nothing stored: the request failed as a whole.
+        Some(e) if messages.is_empty() => return Err(e),
+        Some(_) => StatusCode::MULTI_STATUS,
+        None => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(SendResponse { messages, failed })))
 }
 
 /// Validates the request and builds every recipient's message.
@@ -262,7 +311,7 @@ pub(crate) fn compose_all(
         out.push((
             id,
             Submission {
-                mail_from: compose.from.to_string(),
+                mail_from: Some(compose.from.clone()),
                 recipients: vec![recipient(config, rcpt)],
                 user: Some(caller.0.clone()),
                 smtputf8: compose.needs_smtputf8(i),
@@ -297,23 +346,31 @@ pub(super) async fn send_raw(
     let to = submission
         .recipients
         .iter()
-        .map(|r| r.address.clone())
+        .map(|r| r.address.to_string())
         .collect();
-    let ids = ctx
+    let [result] = ctx
         .accept_all(vec![(QueueId::generate(), submission)])
         .await
-        .map_err(|e| match e {
-            ApiError::Forbidden { message, .. } => ApiError::Forbidden {
-                field: "message".into(),
-                message,
-            },
-            other => other,
-        })?;
+        .try_into()
+        .expect("one result per submission");
+    let id = result.map_err(|e| match e {
+        ApiError::Forbidden { message, .. } => ApiError::Forbidden {
+            field: "message".into(),
+            message,
+        },
+        other => other,
+    })?;
     let messages = vec![Accepted {
-        id: ids[0].to_string(),
+        id: id.to_string(),
         to,
     }];
-    Ok((StatusCode::ACCEPTED, Json(SendResponse { messages })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SendResponse {
+            messages,
+            failed: Vec::new(),
+        }),
+    ))
 }
 
 /// Validates a raw request into the submission it asks for.
@@ -358,7 +415,7 @@ pub(crate) fn raw_submission(
     check_size(config, "message".into(), content.len())?;
     let smtputf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
     let submission = Submission {
-        mail_from: mail_from.to_string(),
+        mail_from: Some(mail_from),
         recipients: rcpts.iter().map(|r| recipient(config, r)).collect(),
         user: Some(caller.0.clone()),
         smtputf8,

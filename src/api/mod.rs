@@ -1,8 +1,9 @@
 //! The HTTP API (SPEC §6): axum routes, one file per resource, JSON in and out.
 //!
-//! Every `/v1` route needs HTTP Basic credentials of an SMTP user (argon2 is
-//! verified off the async threads; failures are throttled per client IP with the
-//! `[auth]` limits, as for SMTP AUTH). Tenants are isolated: a user sees only its own
+//! Every `/v1` route needs the credentials of an SMTP user: HTTP Basic with the
+//! user's password or one of its API keys, or `Bearer` with an API key. They are
+//! checked by the login gate SMTP AUTH uses too (`crate::auth::LoginGate`), so
+//! SMTP and HTTP share one budget of wrong passwords. Tenants are isolated: a user sees only its own
 //! messages and events and the suppressions of its own domains; a user created
 //! with `--admin` sees everything. Another tenant's resource answers `404`, as if
 //! it did not exist.
@@ -35,7 +36,7 @@ pub(crate) use messages::{RawRequest, compose_all, raw_submission};
 pub(crate) use suppressions::{AddSuppression, new_suppression};
 
 use crate::accept::Acceptor;
-use crate::auth::{AuthThrottle, AuthenticatedUser};
+use crate::auth::{AuthenticatedUser, Lock, LoginGate, LoginOutcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -56,23 +57,18 @@ pub struct ApiContext {
     pub acceptor: Acceptor,
     pub metrics: Arc<Metrics>,
     pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeKey>,
-    /// Failed logins per client IP, with the limits of `[auth]` (as for SMTP AUTH).
-    throttle: AuthThrottle,
-    credentials: crate::auth::CredentialChecker,
+    /// Shared with SMTP AUTH: one failure budget for both.
+    login: Arc<LoginGate>,
 }
 
 impl ApiContext {
-    pub fn new(acceptor: Acceptor) -> ApiContext {
+    pub fn new(acceptor: Acceptor, login: Arc<LoginGate>) -> ApiContext {
         ApiContext {
-            throttle: AuthThrottle::new(
-                acceptor.config.auth.max_failures,
-                acceptor.config.auth.lockout.get(),
-            ),
             config: acceptor.config.clone(),
             store: acceptor.store.clone(),
             metrics: acceptor.metrics.clone(),
             unsubscribe: acceptor.unsubscribe.clone(),
-            credentials: crate::auth::CredentialChecker::new(acceptor.store.clone()),
+            login,
             acceptor,
         }
     }
@@ -94,9 +90,10 @@ pub enum ApiError {
     Invalid { field: String, message: String },
     #[error("authentication required")]
     Unauthorized,
-    /// Too many failed logins from this address (`[auth] max_failures`).
-    #[error("too many failed logins from your address; try again later")]
-    LockedOut,
+    /// Too many wrong passwords before (`[auth] max_failures`,
+    /// `max_account_failures`).
+    #[error("{}", locked_message(.0))]
+    LockedOut(Lock),
     /// The user may not act on this (a sender domain not granted to it).
     #[error("{message}")]
     Forbidden { field: String, message: String },
@@ -112,6 +109,15 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+fn locked_message(lock: &Lock) -> &'static str {
+    match lock {
+        Lock::Address => "too many failed logins from your address; try again later",
+        Lock::Account => {
+            "too many failed logins for this account from new addresses; try again later"
+        }
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::Invalid {
@@ -125,7 +131,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::LockedOut => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -156,9 +162,14 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.to_string(), "field": self.field() });
         let mut response = (self.status(), axum::Json(body)).into_response();
         if matches!(self, ApiError::Unauthorized) {
-            response.headers_mut().insert(
+            let headers = response.headers_mut();
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"outpost\", charset=\"UTF-8\""),
+            );
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"outpost\""),
             );
         }
         response
@@ -242,49 +253,53 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
         parts: &mut Parts,
         ctx: &Arc<ApiContext>,
     ) -> Result<Self, ApiError> {
+        // Without a peer address (a router driven in-process) every caller shares
+        // one budget.
         let ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-        if ip.is_some_and(|ip| ctx.throttle.is_locked(ip)) {
-            return Err(ApiError::LockedOut);
-        }
-        let (name, password) = parts
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+        let (name, secret) = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(basic_credentials)
+            .and_then(credentials)
             .ok_or(ApiError::Unauthorized)?;
-        match (ctx.credentials.check(&name, &password).await?, ip) {
-            (Some(user), ip) => {
-                if let Some(ip) = ip {
-                    ctx.throttle.record_success(ip);
-                }
-                Ok(Caller(user))
-            }
-            (None, ip) => {
-                tracing::warn!(user = %name, ip = %ip.map_or_else(|| "unknown".into(), |ip| ip.to_string()), "HTTP API: authentication failed");
-                if let Some(ip) = ip {
-                    tokio::time::sleep(ctx.throttle.record_failure(ip)).await;
-                }
+        match ctx.login.check(ip, name.as_deref(), &secret).await {
+            LoginOutcome::Ok(principal) => Ok(Caller(principal.user)),
+            LoginOutcome::Wrong => {
+                tracing::warn!(user = ?name, %ip, "HTTP API: authentication failed");
                 Err(ApiError::Unauthorized)
+            }
+            LoginOutcome::Locked(lock) => {
+                tracing::warn!(user = ?name, %ip, ?lock, "HTTP API: login refused without a check: too many wrong passwords before");
+                Err(ApiError::LockedOut(lock))
+            }
+            LoginOutcome::Unavailable(reason) => {
+                tracing::warn!(user = ?name, %ip, %reason, "HTTP API: login not checked now; answered 503, not counted as a failure");
+                Err(ApiError::Unavailable(reason))
             }
         }
     }
 }
 
-/// `Basic base64(user:password)` → `(user, password)`.
-fn basic_credentials(value: &str) -> Option<(String, String)> {
-    let (scheme, encoded) = value.split_once(' ')?;
+/// `Basic base64(user:password)` → `(Some(user), password)`; `Bearer KEY` →
+/// `(None, KEY)`.
+fn credentials(value: &str) -> Option<(Option<String>, String)> {
+    let (scheme, param) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let key = param.trim();
+        return (!key.is_empty()).then(|| (None, key.to_string()));
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+        .decode(param.trim())
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
+    Some((Some(user.to_string()), password.to_string()))
 }
 
 /// Every route, with the request body limit of `limits.max_message_size`.
@@ -325,13 +340,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn basic_credentials_are_decoded() {
+    fn basic_and_bearer_credentials_are_decoded() {
         let b64 = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
         assert_eq!(
-            basic_credentials(&format!("Basic {b64}")),
-            Some(("alice".into(), "pa:ss".into()))
+            credentials(&format!("Basic {b64}")),
+            Some((Some("alice".into()), "pa:ss".into()))
         );
-        assert_eq!(basic_credentials(&format!("Bearer {b64}")), None);
-        assert_eq!(basic_credentials("Basic !!!"), None);
+        assert_eq!(
+            credentials("Bearer opk_abc"),
+            Some((None, "opk_abc".into()))
+        );
+        assert_eq!(credentials("Bearer  "), None);
+        assert_eq!(credentials(&format!("Digest {b64}")), None);
+        assert_eq!(credentials("Basic !!!"), None);
     }
 }

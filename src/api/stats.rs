@@ -9,6 +9,7 @@
 use super::events::scan_events;
 use super::{ApiContext, ApiError, Caller, Ctx, QueryParams};
 use crate::config::Duration;
+use crate::smtp::Mailbox;
 use crate::store::Store;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -131,8 +132,8 @@ pub async fn compute(
             let domain = e
                 .recipient
                 .as_deref()
-                .and_then(|r| r.rsplit_once('@'))
-                .map_or(String::new(), |(_, d)| d.to_lowercase());
+                .and_then(Mailbox::parse)
+                .map_or(String::new(), |m| m.domain().to_string());
             *window
                 .by_domain
                 .entry(domain)

@@ -27,9 +27,14 @@ pub fn verify(password: &str, phc: &str) -> bool {
 
 /// A password of 24 characters from a 62-letter alphabet (about 143 bits).
 pub fn generate() -> String {
+    random_text(24)
+}
+
+/// `len` random letters and digits (about 5.95 bits each).
+pub fn random_text(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..24)
+    (0..len)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
 }

@@ -85,7 +85,7 @@ pub fn delivery_status_notification(
         out.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n",
             r.address,
-            status_of(reply),
+            status_of(reply).as_deref().unwrap_or("5.0.0"),
             reply,
         ));
     }
@@ -100,27 +100,29 @@ pub fn delivery_status_notification(
     Some(bytes)
 }
 
-/// The enhanced status code of a recorded reply (`550 5.1.1 ...` → `5.1.1`), or the
-/// class default.
-pub fn status_of(reply: &str) -> String {
+/// The enhanced status code of a recorded reply (`550 5.1.1 ...` → `5.1.1`); for a
+/// reply without one, the code of its class (`250 OK id=1abc` → `2.0.0`, RFC 3463
+/// §3.1), and `None` when the reply has no success or failure class to derive it
+/// from. A second word that only looks like a code (its class is not the reply's)
+/// is text.
+pub fn status_of(reply: &str) -> Option<String> {
     let mut words = reply.split_whitespace();
-    let code = words.next().unwrap_or("5");
-    match words.next() {
-        Some(w)
-            if w.split('.').count() == 3
-                && w.split('.')
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
-        {
-            w.to_string()
-        }
-        _ => format!(
-            "{}.0.0",
-            code.chars()
-                .next()
-                .filter(|c| matches!(c, '4' | '5'))
-                .unwrap_or('5')
-        ),
-    }
+    let class = words
+        .next()
+        .filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))?
+        .chars()
+        .next()
+        .filter(|c| matches!(c, '2' | '4' | '5'))?;
+    let given = words.next().filter(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && parts[0].len() == 1
+            && parts[0].starts_with(class)
+            && parts[1..]
+                .iter()
+                .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    Some(given.map_or_else(|| format!("{class}.0.0"), str::to_string))
 }
 
 /// True for replies that mean "you are sending too fast": 421, and temporary
@@ -208,9 +210,20 @@ mod tests {
 
     #[test]
     fn status_codes_and_slow_down() {
-        assert_eq!(status_of("550 5.1.1 User unknown"), "5.1.1");
-        assert_eq!(status_of("550 User unknown"), "5.0.0");
-        assert_eq!(status_of("451 try later"), "4.0.0");
+        assert_eq!(status_of("550 5.1.1 User unknown").unwrap(), "5.1.1");
+        assert_eq!(status_of("550 User unknown").unwrap(), "5.0.0");
+        assert_eq!(status_of("451 try later").unwrap(), "4.0.0");
+        // Exim's answer to DATA: a success, not a permanent failure.
+        assert_eq!(status_of("250 OK id=1abc").unwrap(), "2.0.0");
+        assert_eq!(status_of("250 2.6.0 queued as X").unwrap(), "2.6.0");
+        assert_eq!(
+            status_of("250 5.1.1 not a code of this class").unwrap(),
+            "2.0.0"
+        );
+        assert_eq!(status_of("550 1.2.3.4 bad").unwrap(), "5.0.0");
+        assert_eq!(status_of("354 go ahead"), None);
+        assert_eq!(status_of("garbage"), None);
+        assert_eq!(status_of(""), None);
         assert!(means_slow_down(421, "Service not available"));
         assert!(means_slow_down(450, "4.7.0 Rate limit exceeded"));
         assert!(!means_slow_down(451, "Temporary local problem"));

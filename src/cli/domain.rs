@@ -7,7 +7,7 @@ use clap::Subcommand;
 use outpost::config::Config;
 use outpost::diagnose::records::{self, Severity};
 use outpost::dns::Resolver;
-use outpost::store::{SendingDomain, SqliteStore, Store};
+use outpost::store::{DomainStore, SendingDomain, SqliteStore};
 
 #[derive(Subcommand)]
 pub enum DomainCommand {

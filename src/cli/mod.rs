@@ -7,6 +7,7 @@
 pub mod check;
 pub mod config;
 pub mod domain;
+pub mod keys;
 pub mod queue;
 pub mod send;
 pub mod serve;

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use outpost::api::MessageView;
 use outpost::config::Config;
-use outpost::store::{MessageSummary, QueueId, Store};
+use outpost::store::{MessageSummary, QueueId, QueueStore};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

@@ -4,7 +4,8 @@
 //! `email`. Rows go to `POST /v1/messages` in batches as personalized recipients
 //! (`{"email", "vars"}`), so the server renders and checks every message. A batch
 //! refused because of one recipient (`field: "to[i]..."`) is sent again without
-//! it, so one bad row costs only itself. An error that would hit every row (the
+//! it, so one bad row costs only itself; a batch partly stored (`207`) is sent
+//! again with only the rows that were not. An error that would hit every row (the
 //! API unreachable, wrong credentials, a sender domain that is not the user's, a
 //! template error that names no recipient) stops the run at once, with what was
 //! sent until then. `--dry-run` renders the first message locally
@@ -298,8 +299,29 @@ impl Campaign {
                     .unwrap_or("no reason given")
                     .to_string();
                 if status.is_success() {
-                    summary.accepted += batch.len();
-                    break;
+                    // A 207 lists the rows whose message was not stored: only those
+                    // are sent again (when the failure may pass) or rejected.
+                    let failed = stored_all_but(&body, batch.len());
+                    summary.accepted += batch.len() - failed.len();
+                    let mut again = Vec::new();
+                    for (i, status, reason) in failed {
+                        if status >= 500 && attempt + 1 < ATTEMPTS {
+                            again.push(batch[i]);
+                        } else {
+                            let (row, r) = batch[i];
+                            summary.rejected.push((
+                                row,
+                                r.email().to_string(),
+                                format!("HTTP {status}: {reason}"),
+                            ));
+                        }
+                    }
+                    batch = again;
+                    if !batch.is_empty() {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                    continue;
                 }
                 if matches!(status.as_u16(), 401 | 403) {
                     summary.stopped = Some(format!(
@@ -354,4 +376,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The `failed` entries of a successful answer as (place in the batch, status,
+/// reason); each place once, and only places the batch has.
+fn stored_all_but(body: &serde_json::Value, batch: usize) -> Vec<(usize, u16, String)> {
+    let mut failed: Vec<(usize, u16, String)> = body["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            let index = usize::try_from(f["index"].as_u64()?).ok()?;
+            let status = u16::try_from(f["status"].as_u64()?).ok()?;
+            let reason = f["error"].as_str().unwrap_or("no reason given").to_string();
+            (index < batch).then_some((index, status, reason))
+        })
+        .collect();
+    failed.sort_by_key(|(i, ..)| *i);
+    failed.dedup_by_key(|(i, ..)| *i);
+    failed
 }

@@ -4,7 +4,7 @@ use super::{domain_name, existing_store, open_store};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::config::Config;
-use outpost::store::{Store, Suppression};
+use outpost::store::{Suppression, SuppressionStore};
 
 #[derive(Subcommand)]
 pub enum SuppressCommand {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::auth::password;
 use outpost::config::Config;
-use outpost::store::{Store, UserRecord};
+use outpost::store::{AccountStore, UserRecord};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -41,6 +41,12 @@ fn read_or_generate_password(from_stdin: bool) -> Result<(String, bool)> {
     let password = super::read_secret_from_stdin()?;
     if password.len() < 8 {
         bail!("the password must have at least 8 characters");
+    }
+    if outpost::auth::api_key::is_key(&password) {
+        bail!(
+            "a password cannot begin with {:?} (that marks API keys)",
+            outpost::auth::api_key::PREFIX
+        );
     }
     Ok((password, false))
 }

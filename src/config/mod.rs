@@ -194,10 +194,18 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Failed AUTH attempts from one IP before it is refused. Default 5.
+    /// Wrong passwords from one IP (SMTP and HTTP together) before it is refused.
+    /// Default 5.
     pub max_failures: u32,
-    /// How long an IP over `max_failures` is refused. Default 10m.
+    /// How long an IP over `max_failures` (or an account over
+    /// `max_account_failures`) is refused. Default 10m.
     pub lockout: Duration,
+    /// Wrong passwords for one account, from any addresses, before the account is
+    /// refused to addresses that have not logged in to it recently. Default 20.
+    pub max_account_failures: u32,
+    /// How long a verified password is accepted again without re-running argon2
+    /// (`0s`: never). Default 1h.
+    pub cache_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -205,6 +213,8 @@ impl Default for AuthConfig {
         AuthConfig {
             max_failures: 5,
             lockout: Duration::from_secs(600),
+            max_account_failures: 20,
+            cache_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -489,6 +499,11 @@ impl Config {
             || self.delivery.max_connections_per_domain < 1
         {
             return invalid("delivery.max_messages_in_memory and delivery.max_connections_per_domain must be at least 1, delivery.max_bytes_in_memory at least 1 MiB".into());
+        }
+        if self.auth.max_failures < 1 || self.auth.max_account_failures < 1 {
+            return invalid(
+                "auth.max_failures and auth.max_account_failures must be at least 1".into(),
+            );
         }
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());

@@ -2,9 +2,11 @@
 //! signing of accepted messages and the DNS records to publish (`records`). The
 //! check of what is actually published is `crate::diagnose::records`.
 //!
-//! Signing uses mail-auth's `DkimSigner`: relaxed/relaxed, rsa-sha256, plus
-//! ed25519-sha256 when the domain has an Ed25519 key (RFC 8463). Keys live in the
-//! store; [`DkimSigners`] keeps them in memory and reloads them at most every
+//! Signing (`sign`) is relaxed/relaxed, rsa-sha256, plus ed25519-sha256 when the
+//! domain has an Ed25519 key (RFC 8463). It is our own code on `ring`, not
+//! mail-auth's signer, whose canonicalization and formatting verifiers refuse
+//! (`sign` says how); mail-auth only generates the keys. Keys live in the store;
+//! [`DkimSigners`] keeps them in memory and reloads them at most every
 //! [`RELOAD_INTERVAL`], so signing costs no store read per message and a domain
 //! added or removed with the CLI takes effect within that interval.
 //!
@@ -13,13 +15,12 @@
 //! else is ever signed.
 
 pub mod records;
+pub(crate) mod sign;
+
+pub use sign::{DomainSigners, SIGNED_HEADERS};
 
 use crate::store::{DkimAlgorithm, DkimKeyRecord, SendingDomain, Store, StoreError};
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::generate::DkimKeyPair;
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,22 +29,6 @@ use std::time::{Duration, Instant};
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// RSA modulus size of generated keys (RFC 8301 §3.2: at least 1024, 2048 advised).
 pub const RSA_BITS: usize = 2048;
-
-/// The header fields signed when present (SPEC §5.2). mail-auth signs those the
-/// message has; List-Unsubscribe-Post is in the list so RFC 8058 one-click is covered.
-pub const SIGNED_HEADERS: [&str; 11] = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "MIME-Version",
-    "Content-Type",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "Cc",
-    "Reply-To",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DkimError {
@@ -134,69 +119,6 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(content);
     out
-}
-
-enum KeySigner {
-    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
-    Ed25519(DkimSigner<Ed25519Key, Done>),
-}
-
-/// The signers of one domain, RSA first.
-pub(crate) struct DomainSigners(Vec<KeySigner>);
-
-impl DomainSigners {
-    pub(crate) fn new(domain: &SendingDomain) -> Result<DomainSigners, DkimError> {
-        let bad = |key: &DkimKeyRecord, e: mail_auth::Error| DkimError::BadKey {
-            domain: domain.name.clone(),
-            selector: key.selector.clone(),
-            reason: e.to_string(),
-        };
-        let mut signers = Vec::new();
-        for key in &domain.keys {
-            let signer = match key.algorithm {
-                DkimAlgorithm::Rsa => {
-                    let der =
-                        PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(key.private_key.clone()));
-                    let pk = RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(key, e))?;
-                    KeySigner::Rsa(template(DkimSigner::from_key(pk), &domain.name, key))
-                }
-                DkimAlgorithm::Ed25519 => {
-                    let pk =
-                        Ed25519Key::from_pkcs8_der(&key.private_key).map_err(|e| bad(key, e))?;
-                    KeySigner::Ed25519(template(DkimSigner::from_key(pk), &domain.name, key))
-                }
-            };
-            signers.push(signer);
-        }
-        Ok(DomainSigners(signers))
-    }
-
-    /// The `DKIM-Signature:` fields for `message`, to be put in front of it.
-    pub(crate) fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
-        let mut out = String::new();
-        for signer in &self.0 {
-            let signature = match signer {
-                KeySigner::Rsa(s) => s.sign(message),
-                KeySigner::Ed25519(s) => s.sign(message),
-            }
-            .map_err(|e| DkimError::Sign(e.to_string()))?;
-            out.push_str(&signature.to_header());
-        }
-        Ok(out)
-    }
-}
-
-fn template<T: mail_auth::common::crypto::SigningKey>(
-    signer: mail_auth::dkim::DkimSigner<T, mail_auth::dkim::NeedDomain>,
-    domain: &str,
-    key: &DkimKeyRecord,
-) -> DkimSigner<T, Done> {
-    signer
-        .domain(domain)
-        .selector(&key.selector)
-        .headers(SIGNED_HEADERS)
-        .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 type Snapshot = Arc<HashMap<String, Arc<DomainSigners>>>;

@@ -1,9 +1,9 @@
-//! AUTH PLAIN and LOGIN (RFC 4954), with throttling of failures per client IP.
+//! AUTH PLAIN and LOGIN (RFC 4954); the login gate decides (`crate::auth::LoginGate`).
 
 use super::io::{IoEnd, Line};
 use super::session::{Next, Session};
-use crate::auth::AuthenticatedUser;
 use crate::auth::sasl::{self, Credentials};
+use crate::auth::{Lock, LoginOutcome};
 use crate::smtp::Reply;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -34,12 +34,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             self.io.reply(&Reply::encryption_required());
             return Ok(Next::Continue);
         }
-        let ip = self.conn.peer.ip();
-        let Some(attempt) = self.ctx.throttle.begin(ip) else {
-            tracing::warn!(%ip, "AUTH refused: address locked out after repeated failures");
-            self.io.reply(&Reply::auth_locked_out());
-            return Ok(Next::Close);
-        };
         let exchange = match mechanism {
             AUTH_PLAIN => self.exchange_plain(initial).await?,
             AUTH_LOGIN => self.exchange_login(initial).await?,
@@ -59,18 +53,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 return Ok(Next::Continue);
             }
         };
-        match self.verify(&credentials).await {
-            Some(user) => {
-                attempt.succeeded();
-                tracing::info!(peer = %self.conn.peer, user = %user.name, "authenticated");
-                self.user = Some(user);
+        let (peer, name) = (self.conn.peer, credentials.username.as_str());
+        let outcome = self
+            .ctx
+            .login
+            .check(peer.ip(), Some(name), &credentials.password)
+            .await;
+        match outcome {
+            LoginOutcome::Ok(principal) => {
+                tracing::info!(%peer, user = %principal.user.name, credential = ?principal.credential, "authenticated");
+                self.user = Some(principal.user);
                 self.io.reply(&Reply::auth_ok());
             }
-            None => {
-                let delay = attempt.failed();
-                tracing::warn!(peer = %self.conn.peer, user = %credentials.username, "AUTH failed");
-                tokio::time::sleep(delay).await;
+            LoginOutcome::Wrong => {
+                tracing::warn!(%peer, user = %name, "AUTH failed: wrong user name or password");
                 self.io.reply(&Reply::auth_failed());
+            }
+            LoginOutcome::Locked(lock) => {
+                tracing::warn!(%peer, user = %name, ?lock, "AUTH refused without a check: too many wrong passwords before");
+                self.io.reply(&match lock {
+                    Lock::Address => Reply::auth_locked_out(),
+                    Lock::Account => Reply::auth_account_locked(),
+                });
+                return Ok(Next::Close);
+            }
+            LoginOutcome::Unavailable(reason) => {
+                tracing::warn!(%peer, user = %name, %reason, "AUTH not checked now; answered 454, not counted as a failure");
+                self.io.reply(&Reply::auth_unavailable());
             }
         }
         Ok(Next::Continue)
@@ -130,16 +139,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         };
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         Ok((text != "*").then_some(text))
-    }
-
-    async fn verify(&self, credentials: &Credentials) -> Option<AuthenticatedUser> {
-        self.ctx
-            .credentials
-            .check(&credentials.username, &credentials.password)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot look up user");
-                None
-            })
     }
 }

@@ -10,16 +10,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     pub(super) fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Next {
-        let reply = self.check_mail(&from).err();
-        match reply {
-            Some(reply) => {
+        match self.check_mail(&from) {
+            Err(reply) => {
                 if self.error(reply) {
                     return Next::Close;
                 }
             }
-            None => {
+            Ok(mail_from) => {
                 self.transaction = Some(Transaction {
-                    mail_from: from.address.to_string(),
+                    mail_from,
                     smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
                     ..Transaction::default()
                 });
@@ -29,7 +28,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         Next::Continue
     }
 
-    fn check_mail(&self, from: &MailFrom<Cow<'_, str>>) -> Result<(), Reply> {
+    /// The sender of a new transaction (`None` for `<>`), or the refusal.
+    fn check_mail(&self, from: &MailFrom<Cow<'_, str>>) -> Result<Option<Mailbox>, Reply> {
         if self.helo.is_none() {
             return Err(Reply::bad_sequence("Send EHLO/HELO first"));
         }
@@ -49,7 +49,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         if from.size > self.ctx.config.limits.max_message_size {
             return Err(Reply::message_too_big());
         }
-        let sender_domain = if from.address.is_empty() {
+        let sender = if from.address.is_empty() {
             None
         } else {
             let mailbox =
@@ -57,17 +57,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             if !mailbox.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
                 return Err(Reply::smtputf8_required());
             }
-            Some(mailbox.domain().clone())
+            Some(mailbox)
         };
         if let Some(user) = &self.user {
             // A user may send only as its own domains; the null sender has none.
-            let allowed = sender_domain.is_some_and(|d| user.may_send_as(d.as_str()));
+            let allowed = sender
+                .as_ref()
+                .is_some_and(|s| user.may_send_as(s.domain().as_str()));
             if !allowed {
                 tracing::warn!(user = %user.name, from = %from.address, "MAIL FROM not authorized");
                 return Err(Reply::sender_not_authorized());
             }
         }
-        Ok(())
+        Ok(sender)
     }
 
     pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Next {
@@ -113,7 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             return Err(Reply::relay_denied());
         }
         Ok(NewRecipient {
-            address: mailbox.to_string(),
+            address: mailbox,
             local,
         })
     }

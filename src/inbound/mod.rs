@@ -27,7 +27,7 @@ pub use connections::ConnectionLimiter;
 pub use listener::{BindError, BoundListener, bind, serve_listener};
 
 use crate::accept::Acceptor;
-use crate::auth::AuthThrottle;
+use crate::auth::LoginGate;
 use crate::config::Config;
 use crate::store::Store;
 use std::sync::Arc;
@@ -38,12 +38,12 @@ pub struct InboundContext {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub tls: TlsAcceptor,
-    pub throttle: AuthThrottle,
+    /// Shared with the HTTP API: one failure budget for both.
+    pub login: Arc<LoginGate>,
     pub connections: ConnectionLimiter,
     /// The shared acceptance path (checks, added headers, commit, hand-off to the
     /// queue).
     pub acceptor: Acceptor,
-    pub credentials: crate::auth::CredentialChecker,
     /// Becomes true when the server stops (SIGTERM/SIGINT): listeners stop
     /// accepting, and sessions close once no transaction is open.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -55,10 +55,10 @@ impl InboundContext {
         store: Arc<dyn Store>,
         tls: TlsAcceptor,
         acceptor: Acceptor,
+        login: Arc<LoginGate>,
     ) -> InboundContext {
         InboundContext {
-            credentials: crate::auth::CredentialChecker::new(store.clone()),
-            throttle: AuthThrottle::new(config.auth.max_failures, config.auth.lockout.get()),
+            login,
             connections: ConnectionLimiter::new(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,

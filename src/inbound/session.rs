@@ -6,7 +6,7 @@ use super::InboundContext;
 use super::io::{IoEnd, Line, SmtpIo};
 use crate::auth::AuthenticatedUser;
 use crate::config::ListenerMode;
-use crate::smtp::Reply;
+use crate::smtp::{Mailbox, Reply};
 use crate::store::NewRecipient;
 use smtp_proto::{Error as ParseError, Request};
 use std::net::SocketAddr;
@@ -25,8 +25,8 @@ pub struct ConnectionInfo {
 /// or STARTTLS.
 #[derive(Debug, Default)]
 pub struct Transaction {
-    /// Envelope sender; empty for `<>`.
-    pub mail_from: String,
+    /// Envelope sender; `None` for `<>`.
+    pub mail_from: Option<Mailbox>,
     pub smtputf8: bool,
     pub recipients: Vec<NewRecipient>,
     /// BDAT content received so far, and whether it stayed within the size limit.

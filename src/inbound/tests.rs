@@ -53,11 +53,13 @@ impl Transcript {
             unsubscribe: Arc::new(UnsubscribeKey::load_or_create(dir.path()).unwrap()),
             dkim: Arc::new(DkimSigners::new(store.clone())),
         };
+        let login = Arc::new(crate::auth::LoginGate::new(store.clone(), &config.auth));
         let ctx = Arc::new(InboundContext::new(
             config,
             store.clone(),
             tls.into(),
             acceptor,
+            login,
         ));
         let (client, server) = tokio::io::duplex(64 * 1024);
         let conn = ConnectionInfo {

@@ -5,7 +5,7 @@
 
 use super::tls::TlsClient;
 use crate::config::TlsPolicy;
-use crate::smtp::dot_stuff;
+use crate::smtp::{Mailbox, dot_stuff};
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
@@ -102,9 +102,9 @@ impl ClientError {
 
 /// One message to send on an open connection.
 pub struct Envelope<'a> {
-    /// Empty for the null sender.
-    pub mail_from: &'a str,
-    pub recipients: &'a [String],
+    /// `None` for the null sender.
+    pub mail_from: Option<&'a Mailbox>,
+    pub recipients: &'a [Mailbox],
     pub smtputf8: bool,
     pub content: &'a [u8],
 }
@@ -329,7 +329,10 @@ impl SmtpClient {
             );
             return Ok(vec![reply; n]);
         }
-        let mut mail = format!("MAIL FROM:<{}>", envelope.mail_from);
+        let mut mail = format!(
+            "MAIL FROM:<{}>",
+            envelope.mail_from.map_or(String::new(), Mailbox::to_string)
+        );
         if self.capabilities & EXT_SIZE != 0 {
             mail.push_str(&format!(" SIZE={}", envelope.content.len()));
         }

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::outbound::TlsClient;
-use crate::smtp::Mailbox;
+use crate::smtp::{Domain, Mailbox};
 use crate::store::{
     DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
     RecipientUpdate, Store,
@@ -53,7 +53,8 @@ pub fn now_ms() -> i64 {
 /// A message held in memory while some of its recipients are being delivered.
 pub(crate) struct HeldMessage {
     pub id: QueueId,
-    pub mail_from: String,
+    /// Envelope sender; `None` for the null sender `<>`.
+    pub mail_from: Option<Mailbox>,
     pub smtputf8: bool,
     pub received_at: i64,
     content: OnceCell<Arc<Vec<u8>>>,
@@ -79,11 +80,9 @@ impl HeldMessage {
 
 impl HeldMessage {
     /// The domain the message is sent from, whose suppression list applies: the
-    /// envelope sender's domain, lower case; empty for the null sender (bounces).
-    pub fn sending_domain(&self) -> String {
-        self.mail_from
-            .rsplit_once('@')
-            .map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
+    /// envelope sender's domain; none for the null sender (bounces).
+    pub fn sending_domain(&self) -> Option<&Domain> {
+        self.mail_from.as_ref().map(Mailbox::domain)
     }
 }
 
@@ -243,14 +242,10 @@ impl Engine {
         let recipients = self.drop_suppressed(&message, recipients).await;
         let mut by_domain: Vec<(String, Vec<DueRecipient>)> = Vec::new();
         for r in recipients {
-            let domain = r
-                .address
-                .rsplit_once('@')
-                .map_or("", |(_, d)| d)
-                .to_ascii_lowercase();
-            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+            let domain = r.address.domain().as_str();
+            match by_domain.iter_mut().find(|(d, _)| d == domain) {
                 Some((_, list)) => list.push(r),
-                None => by_domain.push((domain, vec![r])),
+                None => by_domain.push((domain.to_string(), vec![r])),
             }
         }
         for (domain, recipients) in by_domain {
@@ -298,14 +293,17 @@ impl Engine {
         message: &HeldMessage,
         recipients: Vec<DueRecipient>,
     ) -> Vec<DueRecipient> {
-        let domain = message.sending_domain();
-        if domain.is_empty() {
+        let Some(domain) = message.sending_domain() else {
             return recipients;
-        }
+        };
         let mut send = Vec::with_capacity(recipients.len());
         let mut suppressed = Vec::new();
         for r in recipients {
-            match self.store.suppression(&domain, &r.address).await {
+            match self
+                .store
+                .suppression(domain.as_str(), &r.address.to_string())
+                .await
+            {
                 Ok(Some(s)) => suppressed.push(RecipientUpdate {
                     idx: r.idx,
                     status: RecipientStatus::Suppressed,
@@ -456,15 +454,17 @@ impl Engine {
                 &self.config.hostname,
                 chrono::Utc::now(),
             );
-            if let Some(report) = report {
+            // The summary is the store's view: its sender was a Mailbox when stored.
+            if let Some(report) = report
+                && let Some(sender) = Mailbox::parse(&summary.mail_from)
+            {
                 let now = now_ms();
                 let dsn = NewMessage {
                     id: QueueId::generate(),
-                    mail_from: String::new(),
+                    mail_from: None,
                     recipients: vec![crate::store::NewRecipient {
-                        address: summary.mail_from.clone(),
-                        local: Mailbox::parse(&summary.mail_from)
-                            .is_some_and(|sender| self.config.relay.is_local(sender.domain())),
+                        local: self.config.relay.is_local(sender.domain()),
+                        address: sender,
                     }],
                     auth_user: None,
                     smtputf8: summary.smtputf8,

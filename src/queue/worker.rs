@@ -5,6 +5,7 @@ use super::{Engine, HeldMessage, Job, now_ms, retry};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
+use crate::smtp::Mailbox;
 use crate::store::{RecipientStatus, RecipientUpdate, Suppression};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,9 +50,9 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 }
             },
         };
-        let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
+        let recipients: Vec<Mailbox> = job.recipients.iter().map(|r| r.address.clone()).collect();
         let envelope = Envelope {
-            mail_from: &job.message.mail_from,
+            mail_from: job.message.mail_from.as_ref(),
             recipients: &recipients,
             smtputf8: job.message.smtputf8,
             content: &content,
@@ -206,7 +207,7 @@ impl Engine {
                     (RecipientStatus::Delivered, 0, reply.to_string())
                 } else if reply.is_permanent() {
                     if class.is_some_and(|c| c.suppresses()) {
-                        suppress.push((recipient.address.clone(), reply.to_string()));
+                        suppress.push((recipient.address.to_string(), reply.to_string()));
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
                 } else if retry::expired(job.message.received_at, delivery.max_age, now) {
@@ -246,10 +247,9 @@ impl Engine {
             .collect::<Vec<_>>();
         log_attempt(job, &updates, remote, attempted);
         self.commit(&job.message, updates).await;
-        let domain = job.message.sending_domain();
-        if domain.is_empty() {
+        let Some(domain) = job.message.sending_domain() else {
             return;
-        }
+        };
         for (address, reply) in suppress {
             let suppression = Suppression {
                 domain: domain.to_string(),
@@ -271,7 +271,11 @@ impl Engine {
     /// Writes recipient outcomes of `message`; sends the bounce report and drops the
     /// content when they were the last ones pending.
     pub(super) async fn commit(&self, message: &HeldMessage, updates: Vec<RecipientUpdate>) {
-        match self.store.record_attempt(&message.id, updates).await {
+        match self
+            .store
+            .record_attempt(&message.id, updates, now_ms())
+            .await
+        {
             Ok(Some(summary)) if summary.needs_bounce_report() => {
                 let content = message.content(self.store.as_ref()).await.ok();
                 self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
@@ -291,9 +295,9 @@ impl Engine {
 /// recipients, the server that answered and its reply.
 fn log_attempt(job: &Job, updates: &[RecipientUpdate], remote: Option<SocketAddr>, tried: bool) {
     let remote = remote.map_or_else(|| "none".to_string(), |a| a.to_string());
-    let mut groups: Vec<(RecipientStatus, &str, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(RecipientStatus, &str, Vec<String>)> = Vec::new();
     for (update, recipient) in updates.iter().zip(&job.recipients) {
-        let address = recipient.address.as_str();
+        let address = recipient.address.to_string();
         match groups
             .iter_mut()
             .find(|(status, reply, _)| *status == update.status && *reply == update.reply)

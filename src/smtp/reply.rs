@@ -146,6 +146,21 @@ impl Reply {
             "Too many failed authentications from your address, try again later",
         )
     }
+    pub fn auth_account_locked() -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            "Too many failed authentications for this account from new addresses, try again later",
+        )
+    }
+    /// RFC 4954 §6: the credentials could not be checked now (store error).
+    pub fn auth_unavailable() -> Reply {
+        Reply::new(
+            454,
+            "4.7.0",
+            "Temporary authentication failure, try again later",
+        )
+    }
     pub fn auth_mechanism_unknown() -> Reply {
         Reply::new(504, "5.5.4", "Unrecognized authentication mechanism")
     }

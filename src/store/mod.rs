@@ -1,5 +1,5 @@
 //! The store: everything Outpost must not forget (messages, envelopes, per-recipient
-//! delivery state, users and their domains), behind one object-safe trait so that a
+//! delivery state, users and their domains), behind object-safe traits so that a
 //! PostgreSQL backend can later serve several nodes (SPEC §3, §10).
 //!
 //! # Durability contract
@@ -8,15 +8,43 @@
 //! (temporary), so a client never hears `250` for a message that is not on disk.
 //! Writes may share one commit (group commit); none skips it.
 //!
+//! # Roles
+//! The store is one object with several roles, each its own trait, so a backend
+//! (and a reader) finds every method of a concern in one place:
+//!
+//! | trait | what it keeps | SQLite file |
+//! |---|---|---|
+//! | [`QueueStore`] | messages, envelopes, per-recipient delivery state, claims | `sqlite/queue.rs` |
+//! | [`EventStore`] | the ordered event log (`GET /v1/events`, webhooks) | `sqlite/events.rs` |
+//! | [`SuppressionStore`] | addresses not to send to, per sending domain | `sqlite/suppressions.rs` |
+//! | [`DomainStore`] | sending domains and their DKIM keys | `sqlite/accounts.rs` |
+//! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `sqlite/accounts.rs` |
+//! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `sqlite/api_keys.rs` |
+//!
+//! [`Store`] is all of them together: it has no methods of its own and is
+//! implemented for every type that implements each role, so callers hold one
+//! `Arc<dyn Store>` and call any role's method on it (trait objects see their
+//! supertraits' methods without an import). Code holding a concrete backend
+//! (`Arc<SqliteStore>`, as the CLI does) imports the role traits whose methods it
+//! calls (`use outpost::store::{QueueStore, ...}`). A new method goes into the role it
+//! belongs to (a new concern gets a new role trait, added to `Store`'s
+//! supertraits); each backend implements it in that role's file, and writes go
+//! through the backend's group commit (`sqlite/writer.rs`).
+//!
+//! Time comes from the caller (`now`, unix milliseconds) wherever a method stamps
+//! or compares times, so backends agree and tests control the clock.
+//!
 //! # Recovery
 //! There is nothing to replay: a message is either in a committed transaction or it
 //! never got a `250`. On start-up the delivery engine finds every recipient that is
 //! not final and schedules it, so messages that were being delivered when the
 //! process died are delivered again (at least once).
 
+mod api_keys;
 mod sqlite;
 mod types;
 
+pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -46,7 +74,9 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
 
-pub trait Store: Send + Sync {
+/// Messages and their recipients' delivery state: acceptance writes here, the
+/// scheduler claims and records attempts, the CLI and API inspect and retry.
+pub trait QueueStore: Send + Sync {
     /// Durably stores a message and its envelope; resolves after the commit.
     fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()>;
     /// Messages that still have recipients in a non-final state, oldest first.
@@ -70,13 +100,15 @@ pub trait Store: Send + Sync {
         lease_until: i64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<DueMessage>>;
-    /// Records an attempt (each update adds one to the recipient's attempts). When no
-    /// recipient of the message is left pending, returns the message's summary, and
-    /// if no bounce report is owed, drops its content in the same commit.
+    /// Records an attempt made at `now` (each update adds one to the recipient's
+    /// attempts; the events it logs are stamped `now`). When no recipient of the
+    /// message is left pending, returns the message's summary, and if no bounce
+    /// report is owed, drops its content in the same commit.
     fn record_attempt(
         &self,
         id: &QueueId,
         updates: Vec<RecipientUpdate>,
+        now: i64,
     ) -> StoreFuture<'_, Option<MessageSummary>>;
     /// Drops the content of a message whose recipients are all final; the envelope
     /// and recipient states stay for status queries.
@@ -99,12 +131,18 @@ pub trait Store: Send + Sync {
     /// due between `now` and `lease_until` (a claimed retry cannot be told from a
     /// retry due that soon; trying the latter a little early is harmless).
     fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize>;
+}
 
+/// The event log: one ordered cursor over what happened to messages.
+pub trait EventStore: Send + Sync {
     /// Events with an id greater than `after`, oldest first.
     fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>>;
     /// Appends events that no message write produced (unsubscribes, manual actions).
     fn append_events(&self, events: Vec<Event>) -> StoreFuture<'_, ()>;
+}
 
+/// Addresses a sending domain must not send to (bounces, unsubscribes, manual).
+pub trait SuppressionStore: Send + Sync {
     /// Adds a suppression; false if the address was already suppressed for the domain.
     fn add_suppression(&self, suppression: Suppression) -> StoreFuture<'_, bool>;
     /// False if there was no such suppression.
@@ -119,14 +157,21 @@ pub trait Store: Send + Sync {
         after: Option<(String, String)>,
         limit: usize,
     ) -> StoreFuture<'_, Vec<Suppression>>;
+}
 
+/// Registered sending domains and their DKIM keys.
+pub trait DomainStore: Send + Sync {
     /// Registers a sending domain with its keys; `Conflict` if it exists.
     fn add_domain(&self, domain: SendingDomain) -> StoreFuture<'_, ()>;
     /// Every registered sending domain with its keys, by name.
     fn domains(&self) -> StoreFuture<'_, Vec<SendingDomain>>;
     /// False if there was no such domain.
     fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool>;
+}
 
+/// Users: their credentials, admin flag and the domains they may send as.
+pub trait AccountStore: Send + Sync {
+    /// `Conflict` if the user exists.
     fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
     fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>>;
     fn users(&self) -> StoreFuture<'_, Vec<UserRecord>>;
@@ -134,4 +179,21 @@ pub trait Store: Send + Sync {
     fn remove_user(&self, name: &str) -> StoreFuture<'_, bool>;
     /// False if there is no such user.
     fn set_password(&self, name: &str, password_hash: &str) -> StoreFuture<'_, bool>;
+}
+
+/// The whole store: every role. Implemented for any type that has them all.
+pub trait Store:
+    QueueStore + EventStore + SuppressionStore + DomainStore + AccountStore + ApiKeyStore
+{
+}
+
+impl<T> Store for T where
+    T: QueueStore
+        + EventStore
+        + SuppressionStore
+        + DomainStore
+        + AccountStore
+        + ApiKeyStore
+        + ?Sized
+{
 }

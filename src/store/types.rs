@@ -1,5 +1,6 @@
 //! Records the store keeps.
 
+use crate::smtp::Mailbox;
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -91,7 +92,7 @@ impl RecipientStatus {
 /// A recipient as accepted: its address and whether it is for one of our own domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecipient {
-    pub address: String,
+    pub address: Mailbox,
     pub local: bool,
 }
 
@@ -99,8 +100,8 @@ pub struct NewRecipient {
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub id: QueueId,
-    /// Envelope sender; empty for the null sender `<>`.
-    pub mail_from: String,
+    /// Envelope sender; `None` for the null sender `<>`.
+    pub mail_from: Option<Mailbox>,
     pub recipients: Vec<NewRecipient>,
     /// The authenticated user who submitted it, if any.
     pub auth_user: Option<String>,
@@ -165,7 +166,8 @@ pub struct UserRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueMessage {
     pub id: QueueId,
-    pub mail_from: String,
+    /// Envelope sender; `None` for the null sender `<>`.
+    pub mail_from: Option<Mailbox>,
     /// Size of the content in octets.
     pub size: usize,
     pub smtputf8: bool,
@@ -177,7 +179,7 @@ pub struct DueMessage {
 pub struct DueRecipient {
     /// Position of the recipient in the message's envelope.
     pub idx: usize,
-    pub address: String,
+    pub address: Mailbox,
     /// Attempts made so far.
     pub attempts: u32,
 }

@@ -8,6 +8,8 @@ mod support;
 
 mod bad_input;
 mod bulk_send;
+mod partial_failure;
+mod receiver_replies;
 mod send_stops;
 mod sending;
 mod tenants;

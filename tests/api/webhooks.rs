@@ -3,18 +3,18 @@
 use super::*;
 
 /// One POST as received: the signature header and the body.
-type Hit = (String, Vec<u8>);
+pub(super) type Hit = (String, Vec<u8>);
 
 /// A webhook endpoint on loopback that records every POST (signature header and
 /// body) and answers 500 to the first `failures` of them, 200 after.
-struct Receiver {
-    url: String,
+pub(super) struct Receiver {
+    pub(super) url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
     notify: Arc<tokio::sync::Notify>,
 }
 
 impl Receiver {
-    async fn start(failures: usize) -> Receiver {
+    pub(super) async fn start(failures: usize) -> Receiver {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let notify = Arc::new(tokio::sync::Notify::new());
         let app = axum::Router::new().route(
@@ -48,7 +48,7 @@ impl Receiver {
     }
 
     /// Waits until a POST has been received for which `done` holds; returns all.
-    async fn wait(&self, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
+    pub(super) async fn wait(&self, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             let waiting = self.notify.notified();
@@ -68,7 +68,7 @@ impl Receiver {
 }
 
 /// Every event in every POST received, in order.
-fn events_of(hits: &[Hit]) -> Vec<Value> {
+pub(super) fn events_of(hits: &[Hit]) -> Vec<Value> {
     hits.iter()
         .flat_map(|(_, body)| serde_json::from_slice::<Vec<Value>>(body).unwrap())
         .collect()

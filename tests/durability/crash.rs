@@ -13,7 +13,7 @@
 
 use crate::support::server_process;
 
-use outpost::store::{QueueId, RecipientStatus, SqliteStore, Store};
+use outpost::store::{QueueId, QueueStore, RecipientStatus, SqliteStore};
 use server_process::Process as Server;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

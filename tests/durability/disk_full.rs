@@ -123,7 +123,7 @@ async fn full_disk_gets_452_never_a_false_250_and_recovers() {
     // And through a fresh connection to the store, as after a restart.
     let store = outpost::store::SqliteStore::open(&data_dir, 16).expect("reopen the store");
     for (id, content) in acked.iter().chain([(id, content.clone())].iter()) {
-        use outpost::store::Store;
+        use outpost::store::QueueStore;
         let stored = store
             .message_content(id)
             .await

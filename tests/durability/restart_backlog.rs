@@ -17,8 +17,9 @@ use crate::support::server_process;
 use common::{CLIENT_SENDER, Client, message};
 use fakes::sink::SmtpSink;
 use hardening::Routing;
+use outpost::smtp::Mailbox;
 use outpost::store::{
-    NewMessage, NewRecipient, QueueId, RecipientStatus, RecipientUpdate, SqliteStore, Store,
+    NewMessage, NewRecipient, QueueId, QueueStore, RecipientStatus, RecipientUpdate, SqliteStore,
 };
 use server_process::Process;
 use std::collections::HashMap;
@@ -176,9 +177,9 @@ fn stored_message(rcpt: &str) -> NewMessage {
     let now = chrono::Utc::now().timestamp_millis();
     NewMessage {
         id: QueueId::generate(),
-        mail_from: CLIENT_SENDER.into(),
+        mail_from: Mailbox::parse(CLIENT_SENDER),
         recipients: vec![NewRecipient {
-            address: rcpt.into(),
+            address: Mailbox::parse(rcpt).unwrap(),
             local: false,
         }],
         auth_user: None,
@@ -211,7 +212,7 @@ async fn a_bounce_report_owed_by_the_previous_run_is_sent_once_beside_the_backlo
             attempted: true,
         };
         let summary = store
-            .record_attempt(&id, vec![update])
+            .record_attempt(&id, vec![update], chrono::Utc::now().timestamp_millis())
             .await
             .expect("record");
         assert!(summary.is_some_and(|s| s.needs_bounce_report()));

@@ -19,6 +19,8 @@ What it checks (SPEC sections 1, 2, 7, 8):
   - submissions (implicit TLS): smtplib.SMTP_SSL login + send;
   - swaks --tls (STARTTLS) and swaks --tlsc (implicit TLS);
   - openssl s_client -starttls smtp: EHLO after TLS offers AUTH, not STARTTLS;
+  - openssl s_client -servername 127.0.0.1 (an IP address as SNI, as msmtp sends):
+    the session works and the server logs no warning for it;
   - relay port without auth: 554 5.7.1 for a foreign recipient, 250 for a local one;
   - submission port without auth: 530 5.7.0 at MAIL;
   - a wrong password: 535 5.7.8;
@@ -351,6 +353,30 @@ def main():
             check("STARTTLS" not in [x.strip() for x in ehlo], f"STARTTLS offered after TLS: {ehlo}")
             check(re.search(r"^221 ", out, re.M) is not None, f"no 221 to QUIT:\n{out}")
 
+        def sni_ip_address():
+            # GnuTLS clients (msmtp) send the IP address they connect to as the
+            # server name: rustls notes it, which is no news for an operator.
+            mark = len(server.lines)
+            r = subprocess.run(
+                ["openssl", "s_client", "-connect", f"{HOST}:{subs}", "-servername", HOST,
+                 "-crlf", "-ign_eof"],
+                input="EHLO sni.e2e.test\nQUIT\n", capture_output=True, text=True,
+                timeout=COMMAND_DEADLINE)
+            check(r.returncode == 0, f"openssl exited {r.returncode}:\n{r.stderr}\n{r.stdout}")
+            check(re.search(r"^221 ", r.stdout, re.M) is not None, f"no 221 to QUIT:\n{r.stdout}")
+            # A line the server logs after that handshake: a message sent afterwards.
+            with smtplib.SMTP_SSL(HOST, subs, local_hostname="e2e.test", timeout=SOCKET_TIMEOUT,
+                                  context=tls_context()) as s:
+                s.login(USER, PASSWORD)
+                qid = send_via(s, "sni@example.org", uuid.uuid4().hex)
+            accepted[qid] = "sni@example.org"
+            deadline = time.monotonic() + SOCKET_TIMEOUT
+            while not any(qid in line for line in server.lines[mark:]):
+                check(time.monotonic() < deadline, f"no log line for {qid}:\n{server.log()}")
+                time.sleep(0.05)
+            warnings = [line for line in server.lines[mark:] if re.search(r"\bWARN\b", line)]
+            check(not warnings, "warnings logged for a client's IP address SNI:\n" + "\n".join(warnings))
+
         def relay_denied():
             with smtplib.SMTP(HOST, relay, local_hostname="e2e.test", timeout=SOCKET_TIMEOUT) as s:
                 s.ehlo()
@@ -389,6 +415,7 @@ def main():
         suite.run("swaks --tls on submission", swaks, sub, "--tls", "dave@example.net")
         suite.run("swaks --tlsc on submissions", swaks, subs, "--tlsc", "erin@example.net")
         suite.run("openssl s_client -starttls smtp: AUTH only after TLS", openssl_starttls)
+        suite.run("openssl s_client -servername 127.0.0.1: no warning logged", sni_ip_address)
         suite.run("relay port without auth: 554 5.7.1", relay_denied)
         suite.run("submission without auth: 530 5.7.0", submission_needs_auth)
         suite.run("wrong password: 535 5.7.8", wrong_password)

@@ -5,7 +5,7 @@
 
 use super::support::common::{Client, DEADLINE};
 use super::support::server_process::Process;
-use outpost::store::{QueueId, SqliteStore, Store};
+use outpost::store::{QueueId, QueueStore, SqliteStore};
 use rustls::pki_types::ServerName;
 use std::path::Path;
 use std::time::Duration;

@@ -48,6 +48,8 @@ pub struct Options {
     pub trusted_loopback: bool,
     /// Extra `key = value` lines for the `[limits]` table.
     pub limits: &'static str,
+    /// `key = value` lines for the `[auth]` table.
+    pub auth: &'static str,
 }
 
 impl Options {
@@ -96,6 +98,8 @@ mode = "submissions"
 max_message_size = {MAX_MESSAGE_SIZE}
 max_recipients = {MAX_RECIPIENTS}
 {limits}
+[auth]
+{auth}
 {trusted}
 # These tests are about acceptance; delivery has its own suites.
 [delivery]
@@ -105,6 +109,7 @@ addr = "127.0.0.1:0"
 "#,
             dir = dir.path().display(),
             limits = options.limits,
+            auth = options.auth,
         );
         Server::start_as_configured(&text, dir).await
     }

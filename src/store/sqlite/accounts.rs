@@ -1,0 +1,162 @@
+//! [`DomainStore`] and [`AccountStore`] on SQLite: sending domains with their DKIM
+//! keys, and users with the domains they may send as.
+
+use super::{SqliteStore, backend, changes_rows};
+use crate::store::*;
+use rusqlite::{Connection, OptionalExtension, params};
+
+fn load_user(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserRecord>> {
+    let Some((password_hash, admin)) = conn
+        .query_row(
+            "SELECT password_hash, admin FROM users WHERE name = ?1",
+            [name],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT domain FROM user_domains WHERE user = ?1 ORDER BY domain")?;
+    let domains = stmt
+        .query_map([name], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(UserRecord {
+        name: name.to_string(),
+        password_hash,
+        admin,
+        domains,
+    }))
+}
+
+impl DomainStore for SqliteStore {
+    fn add_domain(&self, domain: SendingDomain) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            let name = domain.name.to_ascii_lowercase();
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO sending_domains (name, created_at) VALUES (?1, ?2)",
+                    params![name, domain.created_at],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!("domain {name:?}")));
+            }
+            for key in &domain.keys {
+                conn.execute(
+                    "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, key.selector, key.algorithm.as_str(), key.private_key, key.public_key],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn domains(&self) -> StoreFuture<'_, Vec<SendingDomain>> {
+        Box::pin(self.read(|conn| {
+            let mut domains: Vec<SendingDomain> = conn
+                .prepare_cached("SELECT name, created_at FROM sending_domains ORDER BY name")?
+                .query_map([], |row| {
+                    Ok(SendingDomain {
+                        name: row.get(0)?,
+                        created_at: row.get(1)?,
+                        keys: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut keys = conn.prepare_cached(
+                "SELECT selector, algorithm, private_key, public_key FROM dkim_keys WHERE domain = ?1 ORDER BY algorithm DESC, selector",
+            )?;
+            for domain in &mut domains {
+                domain.keys = keys
+                    .query_map([&domain.name], |row| {
+                        let algorithm: String = row.get(1)?;
+                        Ok(DkimKeyRecord {
+                            selector: row.get(0)?,
+                            // Only this code writes the column.
+                            algorithm: DkimAlgorithm::parse(&algorithm)
+                                .unwrap_or(DkimAlgorithm::Rsa),
+                            private_key: row.get(2)?,
+                            public_key: row.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(domains)
+        }))
+    }
+
+    fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool> {
+        let name = name.to_ascii_lowercase();
+        Box::pin(self.write(move |conn| {
+            changes_rows(conn, "DELETE FROM sending_domains WHERE name = ?1", [name])
+        }))
+    }
+}
+
+impl AccountStore for SqliteStore {
+    fn add_user(&self, user: UserRecord) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            let exists = conn
+                .query_row("SELECT 1 FROM users WHERE name = ?1", [&user.name], |_| {
+                    Ok(())
+                })
+                .optional()
+                .map_err(backend)?
+                .is_some();
+            if exists {
+                return Err(StoreError::Conflict(format!("user {:?}", user.name)));
+            }
+            conn.execute(
+                "INSERT INTO users (name, password_hash, admin) VALUES (?1, ?2, ?3)",
+                params![user.name, user.password_hash, user.admin],
+            )
+            .map_err(backend)?;
+            for domain in &user.domains {
+                conn.execute(
+                    "INSERT OR IGNORE INTO user_domains (user, domain) VALUES (?1, ?2)",
+                    params![user.name, domain.to_ascii_lowercase()],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn user(&self, name: &str) -> StoreFuture<'_, Option<UserRecord>> {
+        let name = name.to_string();
+        Box::pin(self.read(move |conn| load_user(conn, &name)))
+    }
+
+    fn users(&self) -> StoreFuture<'_, Vec<UserRecord>> {
+        Box::pin(self.read(|conn| {
+            let names: Vec<String> = conn
+                .prepare("SELECT name FROM users ORDER BY name")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            names
+                .iter()
+                .filter_map(|name| load_user(conn, name).transpose())
+                .collect()
+        }))
+    }
+
+    fn remove_user(&self, name: &str) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        Box::pin(
+            self.write(move |conn| changes_rows(conn, "DELETE FROM users WHERE name = ?1", [name])),
+        )
+    }
+
+    fn set_password(&self, name: &str, password_hash: &str) -> StoreFuture<'_, bool> {
+        let (name, hash) = (name.to_string(), password_hash.to_string());
+        Box::pin(self.write(move |conn| {
+            changes_rows(
+                conn,
+                "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+                [name, hash],
+            )
+        }))
+    }
+}

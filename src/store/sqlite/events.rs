@@ -1,0 +1,101 @@
+//! [`EventStore`] on SQLite: the event log, appended to by message writes too.
+
+use super::{SqliteStore, backend};
+use crate::store::*;
+use rusqlite::{Connection, params};
+
+pub(super) fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, kind, message_id, recipient, user, reply, class) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.at,
+        e.kind.as_str(),
+        e.message_id.as_ref().map(|m| m.as_str().to_string()),
+        e.recipient,
+        e.user,
+        e.reply,
+        e.class
+    ])?;
+    Ok(())
+}
+
+impl EventStore for SqliteStore {
+    fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, at, kind, message_id, recipient, user, reply, class FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, limit as i64], |row| {
+                let kind: String = row.get(2)?;
+                Ok(Event {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    kind: EventKind::parse(&kind).unwrap_or(EventKind::Deferred),
+                    message_id: row.get::<_, Option<String>>(3)?.map(QueueId),
+                    recipient: row.get(4)?,
+                    user: row.get(5)?,
+                    reply: row.get(6)?,
+                    class: row.get(7)?,
+                })
+            })?
+            .collect()
+        }))
+    }
+
+    fn append_events(&self, events: Vec<Event>) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            events
+                .iter()
+                .try_for_each(|e| insert_event(conn, e))
+                .map_err(backend)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_message as message;
+    use crate::store::*;
+
+    #[tokio::test]
+    async fn events_are_logged_for_acceptance_and_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example", "b@y.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let update = RecipientUpdate {
+            idx: 1,
+            status: RecipientStatus::Bounced,
+            next_attempt: 0,
+            reply: "550 5.1.1 unknown".into(),
+            class: Some("bad-mailbox".into()),
+            attempted: true,
+        };
+        store.record_attempt(&id, vec![update], 2).await.unwrap();
+        let events = store.events(0, 10).await.unwrap();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.recipient.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::Accepted, "a@x.example".to_string()),
+                (EventKind::Accepted, "b@y.example".to_string()),
+                (EventKind::Bounced, "b@y.example".to_string()),
+            ]
+        );
+        assert_eq!(events[2].class.as_deref(), Some("bad-mailbox"));
+        assert_eq!(events[2].user.as_deref(), Some("alice"));
+        assert_eq!(
+            (events[0].at, events[2].at),
+            (1, 2),
+            "stamped by the caller"
+        );
+        let after = store.events(events[1].id, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+    }
+}

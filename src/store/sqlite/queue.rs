@@ -1,0 +1,548 @@
+//! [`QueueStore`] on SQLite: messages, recipients and their claims.
+
+use super::events::insert_event;
+use super::{SqliteStore, backend, changes_rows};
+use crate::smtp::Mailbox;
+use crate::store::*;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// An address as stored: a `Mailbox` written by [`QueueStore::enqueue`], so
+/// one that does not parse is a damaged row.
+fn stored_mailbox(text: &str) -> rusqlite::Result<Mailbox> {
+    Mailbox::parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("stored address {text:?} does not parse").into(),
+        )
+    })
+}
+
+/// The envelope sender as stored: empty for the null sender.
+fn stored_sender(text: &str) -> rusqlite::Result<Option<Mailbox>> {
+    (!text.is_empty()).then(|| stored_mailbox(text)).transpose()
+}
+
+fn load_summaries(
+    conn: &Connection,
+    where_sql: &str,
+    arg: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Vec<MessageSummary>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, mail_from, auth_user, size, received_at, smtputf8 FROM messages {where_sql}"
+    ))?;
+    let mut messages: Vec<MessageSummary> = stmt
+        .query_map([arg], |row| {
+            Ok(MessageSummary {
+                id: QueueId(row.get(0)?),
+                mail_from: row.get(1)?,
+                auth_user: row.get(2)?,
+                size: row.get::<_, i64>(3)? as usize,
+                received_at: row.get(4)?,
+                smtputf8: row.get(5)?,
+                recipients: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rcpts = conn.prepare_cached(
+        "SELECT address, status, attempts, next_attempt, last_reply, last_class FROM recipients WHERE message_id = ?1 ORDER BY idx",
+    )?;
+    for message in &mut messages {
+        message.recipients = rcpts
+            .query_map([message.id.as_str()], |row| {
+                let status: String = row.get(1)?;
+                Ok(RecipientState {
+                    address: row.get(0)?,
+                    status: RecipientStatus::parse(&status).unwrap_or(RecipientStatus::Deferred),
+                    attempts: row.get(2)?,
+                    next_attempt: row.get(3)?,
+                    last_reply: row.get(4)?,
+                    last_class: row.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(messages)
+}
+
+fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueMessage>> {
+    // One range scan per status keeps the (status, next_attempt) index usable.
+    let mut rows: Vec<(String, i64, String, u32, i64)> = Vec::new();
+    let mut select = conn.prepare_cached(
+        "SELECT message_id, idx, address, attempts, next_attempt FROM recipients
+         WHERE status = ?1 AND next_attempt <= ?2 ORDER BY next_attempt LIMIT ?3",
+    )?;
+    for status in ["queued", "deferred"] {
+        let found = select.query_map(params![status, now, limit as i64], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?;
+        for row in found {
+            rows.push(row?);
+        }
+    }
+    rows.sort_by_key(|r| r.4);
+    rows.truncate(limit);
+    let mut lease = conn.prepare_cached(
+        "UPDATE recipients SET next_attempt = ?3 WHERE message_id = ?1 AND idx = ?2",
+    )?;
+    let mut envelope = conn.prepare_cached(
+        "SELECT mail_from, smtputf8, received_at, size FROM messages WHERE id = ?1",
+    )?;
+    let mut messages: Vec<DueMessage> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (id, idx, address, attempts, _) in rows {
+        lease.execute(params![id, idx, lease_until])?;
+        let recipient = DueRecipient {
+            idx: idx as usize,
+            address: stored_mailbox(&address)?,
+            attempts,
+        };
+        if let Some(&i) = index.get(&id) {
+            messages[i].recipients.push(recipient);
+            continue;
+        }
+        let (mail_from, smtputf8, received_at, size) = envelope.query_row([&id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })?;
+        index.insert(id.clone(), messages.len());
+        messages.push(DueMessage {
+            id: QueueId(id),
+            mail_from: stored_sender(&mail_from)?,
+            size: size as usize,
+            smtputf8,
+            received_at,
+            recipients: vec![recipient],
+        });
+    }
+    Ok(messages)
+}
+
+/// The sender's user and the addresses of the updated recipients, for events.
+fn event_context(
+    conn: &Connection,
+    id: &str,
+    updates: &[RecipientUpdate],
+) -> rusqlite::Result<Option<(Option<String>, Vec<String>)>> {
+    let Some(user) = conn
+        .prepare_cached("SELECT auth_user FROM messages WHERE id = ?1")?
+        .query_row([id], |row| row.get::<_, Option<String>>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT address FROM recipients WHERE message_id = ?1 AND idx = ?2")?;
+    let addresses = updates
+        .iter()
+        .map(|u| stmt.query_row(params![id, u.idx as i64], |row| row.get(0)))
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Some((user, addresses)))
+}
+
+/// Pending recipients (of one message, or all) become due at `now`.
+fn make_due(conn: &Connection, id: Option<&str>, now: i64) -> rusqlite::Result<usize> {
+    match id {
+        Some(id) => conn.execute(
+            "UPDATE recipients SET next_attempt = ?2 WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+            params![id, now],
+        ),
+        None => conn.execute(
+            "UPDATE recipients SET next_attempt = ?1 WHERE status IN ('queued', 'deferred') AND next_attempt > ?1",
+            [now],
+        ),
+    }
+}
+
+impl QueueStore for SqliteStore {
+    fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    message.id.as_str(),
+                    message.mail_from.as_ref().map_or(String::new(), Mailbox::to_string),
+                    message.auth_user,
+                    message.smtputf8,
+                    message.content.len() as i64,
+                    message.received_at,
+                    &message.content[..],
+                ])
+            })
+            .map_err(backend)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for (idx, rcpt) in message.recipients.iter().enumerate() {
+                let status = if rcpt.local {
+                    RecipientStatus::Local
+                } else {
+                    RecipientStatus::Queued
+                };
+                stmt.execute(params![
+                    message.id.as_str(),
+                    idx as i64,
+                    rcpt.address.to_string(),
+                    rcpt.address.domain().as_str(),
+                    status.as_str(),
+                    message.first_attempt_at,
+                ])
+                .map_err(backend)?;
+            }
+            for rcpt in &message.recipients {
+                insert_event(
+                    conn,
+                    &Event {
+                        id: 0,
+                        at: message.received_at,
+                        kind: EventKind::Accepted,
+                        message_id: Some(message.id.clone()),
+                        recipient: Some(rcpt.address.to_string()),
+                        user: message.auth_user.clone(),
+                        reply: None,
+                        class: None,
+                    },
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn queued_messages(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>> {
+        Box::pin(self.read(move |conn| {
+            load_summaries(
+                conn,
+                "WHERE id IN (SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred'))
+                 ORDER BY id LIMIT ?1",
+                &(limit as i64),
+            )
+        }))
+    }
+
+    fn pending_recipients(&self) -> StoreFuture<'_, usize> {
+        Box::pin(self.read(|conn| {
+            // Two range counts on the (status, next_attempt) index.
+            conn.prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM recipients WHERE status = 'queued')
+                      + (SELECT COUNT(*) FROM recipients WHERE status = 'deferred')",
+            )?
+            .query_row([], |row| row.get::<_, i64>(0))
+            .map(|n| n as usize)
+        }))
+    }
+
+    fn message(&self, id: &QueueId) -> StoreFuture<'_, Option<MessageSummary>> {
+        let id = id.to_string();
+        Box::pin(self.read(move |conn| Ok(load_summaries(conn, "WHERE id = ?1", &id)?.pop())))
+    }
+
+    fn message_content(&self, id: &QueueId) -> StoreFuture<'_, Option<Vec<u8>>> {
+        let id = id.to_string();
+        Box::pin(self.read(move |conn| {
+            conn.query_row("SELECT content FROM messages WHERE id = ?1", [id], |row| {
+                row.get::<_, Option<Vec<u8>>>(0)
+            })
+            .optional()
+            .map(Option::flatten)
+        }))
+    }
+
+    fn delete_message(&self, id: &QueueId) -> StoreFuture<'_, bool> {
+        let id = id.to_string();
+        Box::pin(
+            self.write(move |conn| changes_rows(conn, "DELETE FROM messages WHERE id = ?1", [id])),
+        )
+    }
+
+    fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<DueMessage>> {
+        Box::pin(self.write(move |conn| claim_due(conn, now, lease_until, limit).map_err(backend)))
+    }
+
+    fn record_attempt(
+        &self,
+        id: &QueueId,
+        updates: Vec<RecipientUpdate>,
+        now: i64,
+    ) -> StoreFuture<'_, Option<MessageSummary>> {
+        let id = id.to_string();
+        Box::pin(self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, last_class = ?6,
+                     attempts = attempts + ?7 WHERE message_id = ?1 AND idx = ?2",
+                )
+                .map_err(backend)?;
+            for u in &updates {
+                stmt.execute(params![
+                    id,
+                    u.idx as i64,
+                    u.status.as_str(),
+                    u.next_attempt,
+                    u.reply,
+                    u.class,
+                    i64::from(u.attempted)
+                ])
+                    .map_err(backend)?;
+            }
+            if let Some((user, addresses)) = event_context(conn, &id, &updates).map_err(backend)? {
+                for (u, address) in updates.iter().zip(addresses) {
+                    let Some(kind) = EventKind::for_status(u.status) else {
+                        continue;
+                    };
+                    let event = Event {
+                        id: 0,
+                        at: now,
+                        kind,
+                        message_id: Some(QueueId(id.clone())),
+                        recipient: Some(address),
+                        user: user.clone(),
+                        reply: Some(u.reply.clone()),
+                        class: u.class.clone(),
+                    };
+                    insert_event(conn, &event).map_err(backend)?;
+                }
+            }
+            let pending: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+                )
+                .and_then(|mut stmt| stmt.query_row([&id], |row| row.get(0)))
+                .map_err(backend)?;
+            if pending > 0 {
+                return Ok(None);
+            }
+            let summary = load_summaries(conn, "WHERE id = ?1", &id).map_err(backend)?.pop();
+            if summary.as_ref().is_some_and(|s| !s.needs_bounce_report()) {
+                conn.execute("UPDATE messages SET content = NULL WHERE id = ?1", [&id])
+                    .map_err(backend)?;
+            }
+            Ok(summary)
+        }))
+    }
+
+    fn finalize(&self, id: &QueueId) -> StoreFuture<'_, ()> {
+        let id = id.to_string();
+        Box::pin(self.write(move |conn| {
+            conn.execute("UPDATE messages SET content = NULL WHERE id = ?1", [id])
+                .map(|_| ())
+                .map_err(backend)
+        }))
+    }
+
+    fn unfinalized(&self, limit: usize) -> StoreFuture<'_, Vec<MessageSummary>> {
+        Box::pin(self.read(move |conn| {
+            load_summaries(
+                conn,
+                "WHERE content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recipients r
+                     WHERE r.message_id = messages.id AND r.status IN ('queued', 'deferred'))
+                 ORDER BY id LIMIT ?1",
+                &(limit as i64),
+            )
+        }))
+    }
+
+    fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize> {
+        let id = id.map(|id| id.to_string());
+        Box::pin(self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO control (key, value) VALUES ('retry_requested', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [now],
+            )
+            .map_err(backend)?;
+            make_due(conn, id.as_deref(), now).map_err(backend)
+        }))
+    }
+
+    fn unclaim(&self, id: &QueueId, now: i64) -> StoreFuture<'_, ()> {
+        let id = id.to_string();
+        Box::pin(
+            self.write(move |conn| make_due(conn, Some(&id), now).map(|_| ()).map_err(backend)),
+        )
+    }
+
+    fn retry_requested_at(&self) -> StoreFuture<'_, i64> {
+        Box::pin(self.read(|conn| {
+            conn.prepare_cached("SELECT value FROM control WHERE key = 'retry_requested'")?
+                .query_row([], |row| row.get(0))
+                .optional()
+                .map(Option::unwrap_or_default)
+        }))
+    }
+
+    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize> {
+        Box::pin(self.write(move |conn| {
+            conn.execute(
+                "UPDATE recipients SET next_attempt = ?1 WHERE next_attempt > ?1
+                 AND (status = 'queued' OR (status = 'deferred' AND next_attempt <= ?2))",
+                [now, lease_until],
+            )
+            .map_err(backend)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_message as message;
+    use crate::store::*;
+
+    #[tokio::test]
+    async fn enqueue_then_read_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = message(&["b@example.net", "c@example.org"]);
+        let id = msg.id.clone();
+        {
+            let store = SqliteStore::open(dir.path(), 16).unwrap();
+            store.enqueue(msg.clone()).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let summary = store.message(&id).await.unwrap().unwrap();
+        assert_eq!(summary.recipients.len(), 2);
+        assert_eq!(summary.recipients[1].address, "c@example.org");
+        assert_eq!(summary.recipients[0].status, RecipientStatus::Queued);
+        assert_eq!(
+            store.message_content(&id).await.unwrap().unwrap(),
+            *msg.content
+        );
+        assert_eq!(store.queued_messages(10).await.unwrap().len(), 1);
+        assert_eq!(store.pending_recipients().await.unwrap(), 2);
+        assert!(store.delete_message(&id).await.unwrap());
+        assert_eq!(store.pending_recipients().await.unwrap(), 0);
+        assert!(store.message(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn claim_record_finalize_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example", "b@y.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let claimed = store.claim_due(10, 1000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].recipients.len(), 2);
+        assert!(
+            store.claim_due(10, 1000, 10).await.unwrap().is_empty(),
+            "claimed twice"
+        );
+        let update = |idx, status| RecipientUpdate {
+            idx,
+            status,
+            next_attempt: 50,
+            reply: "r".into(),
+            class: None,
+            attempted: true,
+        };
+        let done = store
+            .record_attempt(
+                &id,
+                vec![
+                    update(0, RecipientStatus::Delivered),
+                    update(1, RecipientStatus::Deferred),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        assert!(done.is_none());
+        let again = store.claim_due(60, 2000, 10).await.unwrap();
+        assert_eq!(again[0].recipients.len(), 1);
+        assert_eq!(again[0].recipients[0].attempts, 1);
+        let bounced = RecipientUpdate {
+            class: Some("bad-mailbox".into()),
+            ..update(1, RecipientStatus::Bounced)
+        };
+        let done = store
+            .record_attempt(&id, vec![bounced], 60)
+            .await
+            .unwrap()
+            .expect("complete");
+        assert_eq!(done.recipients[1].status, RecipientStatus::Bounced);
+        assert_eq!(
+            done.recipients[1].last_class.as_deref(),
+            Some("bad-mailbox")
+        );
+        assert_eq!(done.recipients[0].last_class, None);
+        assert_eq!(store.unfinalized(10).await.unwrap().len(), 1);
+        store.finalize(&id).await.unwrap();
+        assert!(store.unfinalized(10).await.unwrap().is_empty());
+        assert!(store.message_content(&id).await.unwrap().is_none());
+        assert!(store.message(&id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn retry_now_and_release_claims_make_recipients_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let mut msg = message(&["a@x.example"]);
+        msg.first_attempt_at = 1_000_000;
+        store.enqueue(msg).await.unwrap();
+        assert!(store.claim_due(10, 20, 10).await.unwrap().is_empty());
+        assert_eq!(store.release_claims(10, 600).await.unwrap(), 1);
+        assert_eq!(store.claim_due(10, 5_000, 10).await.unwrap().len(), 1);
+        assert_eq!(store.retry_requested_at().await.unwrap(), 0);
+        assert_eq!(store.retry_now(None, 11).await.unwrap(), 1);
+        assert_eq!(store.retry_requested_at().await.unwrap(), 11);
+        assert_eq!(store.claim_due(11, 5_000, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn release_claims_frees_claimed_retries_but_not_distant_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = message(&["a@x.example", "b@y.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        store.claim_due(10, 20, 10).await.unwrap();
+        let deferred = |idx, next_attempt| RecipientUpdate {
+            idx,
+            status: RecipientStatus::Deferred,
+            next_attempt,
+            reply: "451".into(),
+            class: None,
+            attempted: true,
+        };
+        store
+            .record_attempt(&id, vec![deferred(0, 30), deferred(1, 1_000_000)], 10)
+            .await
+            .unwrap();
+        // The retry of the first recipient is claimed, then the process dies.
+        assert_eq!(store.claim_due(30, 630, 10).await.unwrap().len(), 1);
+        assert!(store.claim_due(40, 640, 10).await.unwrap().is_empty());
+        // Restart at 40 with a lease of 600: the claim (until 630) is void; the
+        // retry due at 1,000,000 keeps its time.
+        assert_eq!(store.release_claims(40, 640).await.unwrap(), 1);
+        let due = store.claim_due(40, 640, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].recipients.len(), 1);
+        assert_eq!(due[0].recipients[0].idx, 0);
+    }
+}

@@ -1,0 +1,170 @@
+//! The group-commit writer: one thread owns the write connection, takes every job
+//! waiting in its channel (up to `store.max_batch`), runs each inside its own
+//! SAVEPOINT (one failing job does not undo the others), commits once (one WAL
+//! fsync), and only then answers every job. Under load, many sessions share one
+//! fsync.
+
+use super::{SqliteStore, backend};
+use crate::store::{StoreError, StoreResult};
+use rusqlite::Connection;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
+/// One write waiting for the next group commit.
+pub(super) trait Job: Send {
+    /// Runs the write inside the open transaction; the completion answers the caller
+    /// once the commit's outcome is known.
+    fn run(self: Box<Self>, conn: &Connection) -> Completion;
+    /// Answers the caller without running (the transaction could not start).
+    fn abort(self: Box<Self>, error: StoreError);
+}
+
+struct WriteJob<F, R> {
+    write: F,
+    reply: oneshot::Sender<StoreResult<R>>,
+}
+
+impl<F, R> Job for WriteJob<F, R>
+where
+    F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    R: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Completion {
+        let result = in_savepoint(conn, self.write);
+        let reply = self.reply;
+        Box::new(move |commit: StoreResult<()>| {
+            let _ = reply.send(commit.and(result));
+        })
+    }
+
+    fn abort(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// The channel into the writer thread.
+pub(super) type Jobs = mpsc::Sender<Box<dyn Job>>;
+
+/// Starts the writer thread on `conn`; it stops when every sender is dropped.
+pub(super) fn start(conn: Connection, max_batch: usize) -> StoreResult<Jobs> {
+    let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer_loop(conn, rx, max_batch))
+        .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+    Ok(jobs)
+}
+
+impl SqliteStore {
+    /// Runs `f` in the next group commit; resolves after the commit.
+    pub(super) async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(WriteJob { write: f, reply });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Backend("store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("store writer has stopped".into()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = backend(e);
+                tracing::error!(error = %e, "store cannot begin a transaction");
+                batch.into_iter().for_each(|job| job.abort(e.clone()));
+                continue;
+            }
+        };
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job.run(&tx)).collect();
+        // A failed COMMIT rolls the transaction back when `tx` is dropped.
+        match tx.commit().map_err(backend) {
+            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Err(e) => {
+                tracing::error!(error = %e, writes = completions.len(), "store commit failed");
+                completions.into_iter().for_each(|c| c(Err(e.clone())));
+            }
+        }
+    }
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<R>,
+) -> StoreResult<R> {
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(backend)
+    };
+    run("SAVEPOINT job")?;
+    let result = f(conn);
+    if result.is_err() {
+        run("ROLLBACK TO job")?;
+    }
+    run("RELEASE job")?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_message as message;
+    use crate::store::*;
+
+    #[tokio::test]
+    async fn concurrent_enqueues_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 64).unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.enqueue(message(&["x@example.net"])).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.queued_messages(1000).await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_undo_its_batch_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 64).unwrap();
+        let user = |name: &str| UserRecord {
+            name: name.into(),
+            password_hash: "h".into(),
+            admin: false,
+            domains: vec!["Example.com".into()],
+        };
+        let (a, b, c) = tokio::join!(
+            store.add_user(user("alice")),
+            store.add_user(user("alice")),
+            store.add_user(user("bob"))
+        );
+        assert_eq!([a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(), 1);
+        c.unwrap();
+        let users = store.users().await.unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].domains, vec!["example.com".to_string()]);
+        assert!(store.set_password("bob", "h2").await.unwrap());
+        assert!(!store.set_password("carol", "h2").await.unwrap());
+        assert!(store.remove_user("bob").await.unwrap());
+        assert!(store.user("bob").await.unwrap().is_none());
+    }
+}
