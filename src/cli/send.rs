@@ -345,8 +345,15 @@ impl Campaign {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
                     }
-                    // Not about one row (a template error, the store failing
-                    // after retries): every row would get it.
+                    // The store still failing after the retries: these rows
+                    // are rejected (the next batch may fare better).
+                    _ if status.is_server_error() => {
+                        for (row, r) in batch.drain(..) {
+                            let why = format!("HTTP {status}: {reason}");
+                            summary.rejected.push((row, r.email().to_string(), why));
+                        }
+                    }
+                    // Not about one row (a template error): every row would get it.
                     _ => {
                         let field = body["field"]
                             .as_str()
