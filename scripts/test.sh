@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (the one the README cites; CI runs it through .ci/run):
 #
+#   0. scripts/install-test-deps.sh: installs what the tests need on a fresh Debian
+#      machine (quick when everything is there; OUTPOST_SKIP_INSTALL=1 skips it).
 #   1. `cargo test --features fuzzing --no-fail-fast`: unit tests, session tests and the
 #      black-box tests in tests/ (one binary per subsystem folder; the feature adds the
 #      fuzz-seed replay, tests/fuzz_seeds.rs). It also builds target/debug/outpost.
 #   2. every end-to-end suite tests/e2e/*.py, run as `python3 SUITE BINARY` against
 #      that binary with real clients. New suites are picked up automatically. They
-#      need python3, swaks (with libnet-ssleay-perl) and openssl; .ci/run installs them.
+#      need python3, swaks (with libnet-ssleay-perl), openssl, testssl.sh, curl...; step 0
+#      installs them. A suite that cannot run fails (it never skips silently).
 #
 # OUTPOST_BIN overrides the binary the e2e suites use. Both stages always run; the
 # last line is the total over both, `total: N passed, M failed`, and the exit status
@@ -19,6 +22,11 @@ bin=${OUTPOST_BIN:-${CARGO_TARGET_DIR:-target}/debug/outpost}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 status=0
+
+if [ "${OUTPOST_SKIP_INSTALL:-0}" != 1 ]; then
+    echo "== installing test dependencies (scripts/install-test-deps.sh)"
+    bash scripts/install-test-deps.sh
+fi
 
 echo "== cargo test"
 cargo_status=0

@@ -5,7 +5,7 @@ mod cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use outpost::config::Config;
+use outpost::config::{Config, LogFormat};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +46,11 @@ enum Command {
     /// What Outpost makes of a failure reply or a bounce email.
     #[command(subcommand)]
     Bounce(cli::bounce::BounceCommand),
+    /// Accepted, delivered, deferred and bounced over the last hour, day and week.
+    Stats(cli::stats::StatsArgs),
+    /// Check the configuration file.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCommand),
 }
 
 fn main() -> Result<()> {
@@ -54,14 +59,19 @@ fn main() -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(outpost::tls::quiet_client_sni_warnings(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         ))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        // One object per line, the event's fields at the top level, for log shippers.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
         // Colour only on a terminal: logs piped to files, journald or tests stay plain.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -74,6 +84,8 @@ fn main() -> Result<()> {
             Command::Suppress(cmd) => cli::suppress::run(&config, cmd).await,
             Command::Bounce(cmd) => cli::bounce::run(cmd),
             Command::Check(args) => cli::check::run(&config, args).await,
+            Command::Stats(args) => cli::stats::run(&config, args).await,
+            Command::Config(cmd) => cli::config::run(&config, cli.config.as_deref(), cmd),
         }
     })
 }

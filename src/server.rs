@@ -11,7 +11,7 @@ use crate::inbound::{self, InboundContext};
 use crate::metrics::Metrics;
 use crate::queue::{self, QueueHandle};
 use crate::store::{SqliteStore, Store, StoreError};
-use crate::tls::{self, CertificateSource, TlsError};
+use crate::tls::{self, CertificateSource, ServerCertificate, TlsError};
 use crate::unsubscribe::UnsubscribeKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +38,22 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub certificate: CertificateSource,
+    /// The certificate in use, to reload from its files (SIGHUP).
+    pub server_certificate: Arc<ServerCertificate>,
     connections: inbound::ConnectionLimiter,
+    /// Set once: listeners stop accepting, idle sessions close (`inbound`).
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// The SMTP listeners and the HTTP API: they end only on shutdown (or panic).
+    serving: JoinSet<()>,
+    /// Background work (webhooks), aborted on shutdown.
     tasks: JoinSet<()>,
+}
+
+/// What a graceful stop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Sessions still open when the grace period ended (closed then).
+    pub cut_off: usize,
 }
 
 impl Running {
@@ -56,9 +70,47 @@ impl Running {
         self.connections.active()
     }
 
-    /// Waits until every listener task ends (they end only when aborted or on panic).
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    /// Waits until a listener or the HTTP API stops (only on shutdown or a panic).
+    pub async fn wait(&mut self) {
+        self.serving.join_next().await;
+    }
+
+    /// Stops gracefully: no new connections (listeners close, the HTTP API stops
+    /// accepting), sessions between transactions get `421` and close, sessions in
+    /// a transaction finish it (and get `421` after it) within `grace`; whatever
+    /// is still open then is closed without an answer, so nothing unanswered was
+    /// acknowledged. Delivery in flight is simply stopped: the store makes it
+    /// again after the restart (at least once).
+    pub async fn shutdown(mut self, grace: std::time::Duration) -> Stopped {
+        self.shutdown.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        let open = self.connections.active();
+        tracing::info!(
+            sessions = open,
+            grace_seconds = grace.as_secs_f64(),
+            "stopped accepting connections; waiting for sessions to finish"
+        );
+        // Sessions hold a connection slot until they end; the count falls to zero
+        // as they do. Polled: the limiter is a plain counter.
+        while self.connections.active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, async {
+            while self.serving.join_next().await.is_some() {}
+        })
+        .await;
+        self.serving.abort_all();
+        self.tasks.abort_all();
+        let cut_off = self.connections.active();
+        if cut_off > 0 {
+            tracing::warn!(
+                sessions = cut_off,
+                "grace period over: closing sessions still open (nothing they sent was acknowledged)"
+            );
+        } else {
+            tracing::info!("every session finished");
+        }
+        Stopped { cut_off }
     }
 }
 
@@ -94,14 +146,23 @@ pub async fn start_with_store(
     queue: Option<QueueHandle>,
     metrics: Arc<Metrics>,
 ) -> Result<Running, StartError> {
-    let (tls_config, certificate) = tls::server_config(
+    let (tls_config, certificate, server_certificate) = tls::server_config(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
         &config.data_dir,
         &config.hostname,
     )?;
-    if let CertificateSource::SelfSignedGenerated(path) = &certificate {
-        tracing::warn!(path = %path.display(), "no [tls] certificate configured: generated a self-signed certificate; configure tls.cert and tls.key for production");
+    match &certificate {
+        CertificateSource::SelfSignedGenerated(path) => {
+            tracing::warn!(path = %path.display(), "no [tls] certificate configured: generated a self-signed certificate; receivers and clients do not trust it: configure tls.cert and tls.key for production")
+        }
+        CertificateSource::SelfSignedExisting(path) => {
+            tracing::warn!(path = %path.display(), "no [tls] certificate configured: using the self-signed certificate; receivers and clients do not trust it: configure tls.cert and tls.key for production")
+        }
+        CertificateSource::Configured(_) => {}
+    }
+    if let Some(problem) = config.hostname_problem() {
+        tracing::warn!("{problem}");
     }
     let unsubscribe = Arc::new(UnsubscribeKey::load_or_create(&config.data_dir)?);
     let mut bound = Vec::new();
@@ -136,15 +197,21 @@ pub async fn start_with_store(
         login.clone(),
     ));
     let connections = ctx.connections.clone();
-    let mut tasks = JoinSet::new();
+    let shutdown = ctx.shutdown.clone();
+    let mut serving = JoinSet::new();
     let mut listeners = Vec::new();
     for b in bound {
         tracing::info!(addr = %b.addr, mode = ?b.mode, "listening");
         listeners.push((b.mode, b.addr));
-        tasks.spawn(inbound::serve_listener(ctx.clone(), b));
+        serving.spawn(inbound::serve_listener(ctx.clone(), b));
     }
     tracing::info!(http_addr = %http_addr, "HTTP API listening");
     let api = Arc::new(ApiContext::new(acceptor, login));
+    let mut stop_http = shutdown.subscribe();
+    serving.spawn(api::serve(http, api.clone(), async move {
+        let _ = stop_http.wait_for(|stop| *stop).await;
+    }));
+    let mut tasks = JoinSet::new();
     crate::webhooks::start(
         &config.webhooks,
         &config.data_dir,
@@ -152,13 +219,15 @@ pub async fn start_with_store(
         api.webhook_log.clone(),
         &mut tasks,
     );
-    tasks.spawn(api::serve(http, api));
     Ok(Running {
         listeners,
         http_addr,
         store,
         certificate,
+        server_certificate,
         connections,
+        shutdown,
+        serving,
         tasks,
     })
 }

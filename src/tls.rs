@@ -2,10 +2,13 @@
 //! start in `data_dir/tls/` (SPEC §7). TLS 1.2 and 1.3 only (rustls has nothing older).
 
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -55,6 +58,68 @@ pub enum CertificateSource {
     SelfSignedGenerated(PathBuf),
 }
 
+/// The server's certificate, replaceable while running: `reload` (on SIGHUP)
+/// swaps it atomically, so new handshakes get the new one while sessions already
+/// up keep theirs. rustls asks for it on every handshake.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    fn load(
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ServerCertificate, TlsError> {
+        let current = RwLock::new(Arc::new(read_pair(&cert_path, &key_path, &provider)?));
+        Ok(ServerCertificate {
+            cert_path,
+            key_path,
+            provider,
+            current,
+        })
+    }
+
+    /// Reads the certificate and key files again and uses them from the next
+    /// handshake on. On error (a half-written file, a key that does not match) the
+    /// certificate in use stays.
+    pub fn reload(&self) -> Result<&Path, TlsError> {
+        let pair = read_pair(&self.cert_path, &self.key_path, &self.provider)?;
+        *self.current.write().expect("certificate lock") = Arc::new(pair);
+        Ok(&self.cert_path)
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("certificate lock").clone())
+    }
+}
+
+fn read_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let read_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| read_err(cert_path, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| read_err(cert_path, &e))?;
+    if certs.is_empty() {
+        return Err(read_err(cert_path, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| read_err(key_path, &e))?;
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| TlsError::Config(e.to_string()))
+}
+
 /// Loads `cert`/`key` if configured, else the self-signed pair in `data_dir/tls/`,
 /// generating it for `hostname` when absent.
 pub fn server_config(
@@ -62,7 +127,7 @@ pub fn server_config(
     key: Option<&Path>,
     data_dir: &Path,
     hostname: &str,
-) -> Result<(Arc<ServerConfig>, CertificateSource), TlsError> {
+) -> Result<(Arc<ServerConfig>, CertificateSource, Arc<ServerCertificate>), TlsError> {
     let (cert_path, key_path, source) = match (cert, key) {
         (Some(c), Some(k)) => (
             c.to_path_buf(),
@@ -80,25 +145,17 @@ pub fn server_config(
             }
         }
     };
-    let read_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| read_err(&cert_path, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| read_err(&cert_path, &e))?;
-    if certs.is_empty() {
-        return Err(read_err(&cert_path, &"no certificate in the file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| read_err(&key_path, &e))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificate = Arc::new(ServerCertificate::load(
+        cert_path,
+        key_path,
+        provider.clone(),
+    )?);
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate.clone());
     // Session resumption, for clients that connect once per message: tickets (keys
     // made at start-up, rotated every 6 hours by rustls) and, for TLS 1.2 clients
     // without ticket support, a session cache. A resumed handshake skips the
@@ -106,7 +163,7 @@ pub fn server_config(
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
-    Ok((Arc::new(config), source))
+    Ok((Arc::new(config), source, certificate))
 }
 
 /// TLS 1.2 sessions remembered for resumption (a few hundred bytes each).
@@ -135,6 +192,11 @@ fn generate_self_signed(
     let generate_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let mut params =
         rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(generate_err)?;
+    // Clients and `outpost check` show the subject: the host name, not rcgen's
+    // placeholder.
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
     let date = |t: chrono::DateTime<chrono::Utc>| {
         use chrono::Datelike;
         rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8)
@@ -190,9 +252,13 @@ mod tests {
     #[test]
     fn generates_once_then_reuses() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, first) = server_config(None, None, dir.path(), "relay.test").unwrap();
+        let (_, first, _) = server_config(None, None, dir.path(), "relay.test").unwrap();
         assert!(matches!(first, CertificateSource::SelfSignedGenerated(_)));
-        let (_, second) = server_config(None, None, dir.path(), "relay.test").unwrap();
+        let pem = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(parsed.subject().to_string(), "CN=relay.test");
+        let (_, second, _) = server_config(None, None, dir.path(), "relay.test").unwrap();
         assert!(matches!(second, CertificateSource::SelfSignedExisting(_)));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("tls/key.pem"))

@@ -193,7 +193,7 @@ impl Tail {
                     }
                 }
                 Err(reason) => {
-                    tracing::warn!(url = %self.hook.url, reason, retry_in = ?backoff, "webhook delivery failed");
+                    tracing::warn!(url = %self.hook.url, reason, retry_in_seconds = backoff.as_secs_f64(), "webhook delivery failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

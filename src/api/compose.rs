@@ -277,9 +277,33 @@ impl<'a> Compose<'a> {
         vars.entry("email")
             .or_insert_with(|| self.request.to[index].email().into());
         let field = format!("to[{index}].vars");
-        env.get_template(name)
-            .and_then(|t| t.render(&vars))
-            .map_err(|e| error(field, format!("rendering {name}: {e}")))
+        // `subject.txt` is our name for the template; the user knows the field.
+        let part = name.split('.').next().unwrap_or(name);
+        let template = env
+            .get_template(name)
+            .map_err(|e| error(field.clone(), format!("{part}: {e}")))?;
+        template.render(&vars).map_err(|e| {
+            let recipient = self.request.to[index].email();
+            let mut missing: Vec<String> = template
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|v| !vars.contains_key(v))
+                .collect();
+            if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
+                missing.sort();
+                let defined: Vec<&str> = vars.keys().map(String::as_str).collect();
+                error(
+                    field,
+                    format!(
+                        "the {part} uses {}, not defined for recipient {recipient} (its vars: {})",
+                        missing.join(", "),
+                        defined.join(", ")
+                    ),
+                )
+            } else {
+                error(field, format!("{part} for recipient {recipient}: {e}"))
+            }
+        })
     }
 
     /// The message for recipient `index`, with `extra` header fields (e.g.
@@ -390,6 +414,35 @@ mod tests {
         let bytes = c.message(0, "x@y", &[]).unwrap();
         let parsed = mail_parser::MessageParser::new().parse(&bytes).unwrap();
         assert_eq!(parsed.subject(), Some("Hi {{ name }}"));
+    }
+
+    #[test]
+    fn an_undefined_variable_is_named_with_the_recipient() {
+        // A plain address in a templated request has only `email`.
+        let req = request(
+            serde_json::json!(["plain@b.example", {"email": "ann@b.example", "vars": {"name": "Ann"}}]),
+            serde_json::json!({}),
+        );
+        let c = Compose::new(&req, 10).unwrap();
+        let e = c.message(0, "x@y", &[]).unwrap_err();
+        assert_eq!(e.field, "to[0].vars");
+        assert_eq!(
+            e.message,
+            "the subject uses name, not defined for recipient plain@b.example (its vars: email)"
+        );
+        assert!(c.message(1, "x@y", &[]).is_ok());
+        // `default` is how a template serves both kinds of recipient.
+        let req = request(
+            serde_json::json!(["plain@b.example"]),
+            serde_json::json!({"subject": "Hi {{ name | default('there') }}", "to": ["plain@b.example", {"email": "c@b.example"}],
+                "text": "x", "html": "y"}),
+        );
+        assert!(
+            Compose::new(&req, 10)
+                .unwrap()
+                .message(0, "x@y", &[])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::accept::{AcceptError, Origin, Submission, message_id};
 use crate::bounce::status_of;
 use crate::config::Config;
 use crate::smtp::{Mailbox, find_bare_line_ending};
-use crate::store::{NewRecipient, QueueId};
+use crate::store::{MessageSummary, NewRecipient, QueueId};
 use crate::unsubscribe::{UnsubscribeKey, Unsubscription};
 use axum::extract::{ConnectInfo, Path};
 use axum::http::StatusCode;
@@ -103,6 +103,33 @@ pub struct MessageView {
     /// Unix ms.
     pub received_at: i64,
     pub recipients: Vec<RecipientView>,
+}
+
+impl From<MessageSummary> for MessageView {
+    /// The one view of a message's state, for the API and `outpost queue show --json`.
+    fn from(summary: MessageSummary) -> MessageView {
+        let recipients = summary
+            .recipients
+            .into_iter()
+            .map(|r| RecipientView {
+                enhanced_code: r.last_reply.as_deref().and_then(status_of),
+                bounce_class: r.last_class,
+                next_attempt: (!r.status.is_final()).then_some(r.next_attempt),
+                address: r.address,
+                status: r.status.as_str().to_string(),
+                attempts: r.attempts,
+                last_reply: r.last_reply,
+            })
+            .collect();
+        MessageView {
+            id: summary.id.to_string(),
+            mail_from: summary.mail_from,
+            user: summary.auth_user,
+            size: summary.size,
+            received_at: summary.received_at,
+            recipients,
+        }
+    }
 }
 
 fn origin(peer: SocketAddr) -> Origin {
@@ -421,25 +448,5 @@ pub(super) async fn status(
         .await?
         .filter(|m| caller.owns(m.auth_user.as_deref()))
         .ok_or(ApiError::NotFound)?;
-    let recipients = summary
-        .recipients
-        .into_iter()
-        .map(|r| RecipientView {
-            enhanced_code: r.last_reply.as_deref().and_then(status_of),
-            bounce_class: r.last_class,
-            next_attempt: (!r.status.is_final()).then_some(r.next_attempt),
-            address: r.address,
-            status: r.status.as_str().to_string(),
-            attempts: r.attempts,
-            last_reply: r.last_reply,
-        })
-        .collect();
-    Ok(Json(MessageView {
-        id: summary.id.to_string(),
-        mail_from: summary.mail_from,
-        user: summary.auth_user,
-        size: summary.size,
-        received_at: summary.received_at,
-        recipients,
-    }))
+    Ok(Json(MessageView::from(summary)))
 }

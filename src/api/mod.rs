@@ -26,6 +26,8 @@ mod unsubscribe;
 
 pub use compose::{Compose, Personalized, Recipient, SendRequest};
 pub use events::EventView;
+pub use messages::{MessageView, RecipientView};
+pub use stats::{DEFAULT_WINDOWS, Stats, Window, compute as compute_stats};
 // For the fuzz checks (`crate::fuzzing::api_json`): the handlers' steps from a
 // request body to what they would store, without a server.
 #[cfg(feature = "fuzzing")]
@@ -320,11 +322,17 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
 }
 
 /// Serves the API on an already bound listener until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
+/// Serves until `stop` completes, then finishes the requests in progress.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ApiContext>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     if let Err(e) = axum::serve(
         listener,
         router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
+    .with_graceful_shutdown(stop)
     .await
     {
         tracing::error!(error = %e, "HTTP API server stopped");

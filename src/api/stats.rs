@@ -81,7 +81,23 @@ pub(super) async fn stats(
     caller: Caller,
     QueryParams(q): QueryParams<StatsQuery>,
 ) -> Result<Json<Stats>, ApiError> {
-    let spec = q.windows.unwrap_or_else(|| "1h,24h,7d".into());
+    let spec = q.windows.unwrap_or_else(|| DEFAULT_WINDOWS.into());
+    Ok(Json(
+        compute(ctx.store.as_ref(), &spec, |user| caller.owns(user)).await?,
+    ))
+}
+
+/// The windows of `GET /v1/stats` and `outpost stats` when none are asked for.
+pub const DEFAULT_WINDOWS: &str = "1h,24h,7d";
+
+/// Event counts over the windows of `spec` (`1h,24h`), counting the events of the
+/// users `visible` accepts: the one computation behind `GET /v1/stats` and
+/// `outpost stats`, so both give the same numbers.
+pub async fn compute(
+    store: &dyn Store,
+    spec: &str,
+    visible: impl Fn(Option<&str>) -> bool,
+) -> Result<Stats, ApiError> {
     let windows = spec
         .split(',')
         .map(|w| {
@@ -98,9 +114,9 @@ pub(super) async fn stats(
     let mut out = Vec::new();
     for (name, duration) in windows {
         let since = now.saturating_sub(duration.get().as_millis().min(i64::MAX as u128) as i64);
-        let start = cursor_at(ctx.store.as_ref(), since).await?;
-        let (events, _) = scan_events(ctx.store.as_ref(), start, MAX_SCAN, MAX_SCAN, |e| {
-            e.at >= since && caller.owns(e.user.as_deref())
+        let start = cursor_at(store, since).await?;
+        let (events, _) = scan_events(store, start, MAX_SCAN, MAX_SCAN, |e| {
+            e.at >= since && visible(e.user.as_deref())
         })
         .await?;
         let mut window = Window {
@@ -127,5 +143,5 @@ pub(super) async fn stats(
         }
         out.push(window);
     }
-    Ok(Json(Stats { windows: out }))
+    Ok(Stats { windows: out })
 }

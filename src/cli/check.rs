@@ -1,8 +1,12 @@
 //! `outpost check HOST`: probe a mail server's ports and print what was found.
+//!
+//! The exit status follows the monitoring-plugin convention (Nagios, Icinga,
+//! Zabbix agents read it): 0 every port ok, 1 a warning on some port, 2 a port
+//! failing or unreachable, 3 the check itself could not run.
 
 use anyhow::Result;
 use outpost::config::Config;
-use outpost::diagnose::probe::{self, Port, ProbeLimits};
+use outpost::diagnose::probe::{self, Port, PortReport, ProbeLimits, Verdict};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -18,7 +22,37 @@ pub struct CheckArgs {
     json: bool,
 }
 
+/// Exit status when the check itself could not run (bad resolver configuration...).
+const UNKNOWN: i32 = 3;
+
 pub async fn run(config: &Config, args: CheckArgs) -> Result<()> {
+    let status = match probe_and_print(config, args).await {
+        Ok(reports) => exit_status(&reports),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            UNKNOWN
+        }
+    };
+    if status != 0 {
+        std::process::exit(status);
+    }
+    Ok(())
+}
+
+/// 0 all ok, 1 warnings, 2 a port failing or unreachable.
+fn exit_status(reports: &[PortReport]) -> i32 {
+    reports
+        .iter()
+        .map(|r| match r.verdict {
+            Verdict::Ok => 0,
+            Verdict::Warning => 1,
+            Verdict::Fail | Verdict::Unreachable => 2,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn probe_and_print(config: &Config, args: CheckArgs) -> Result<Vec<PortReport>> {
     let CheckArgs {
         host,
         ports,
@@ -93,5 +127,5 @@ pub async fn run(config: &Config, args: CheckArgs) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(reports)
 }

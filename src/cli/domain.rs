@@ -1,7 +1,7 @@
 //! `outpost domain`: sending domains, their DKIM keys, the DNS records to publish
 //! and the check of what is published.
 
-use super::{domain_name, open_store, resolver};
+use super::{domain_name, existing_store, open_store, resolver};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::config::Config;
@@ -53,7 +53,15 @@ fn bounce_domain<'a>(config: &'a Config, domain: &str) -> &'a str {
 }
 
 pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
-    let store = open_store(config)?;
+    let store = match cmd {
+        DomainCommand::Add { .. } => open_store(config)?,
+        _ => existing_store(config)?,
+    };
+    if matches!(cmd, DomainCommand::Dns { .. } | DomainCommand::Check { .. })
+        && let Some(problem) = config.hostname_problem()
+    {
+        eprintln!("warning: {problem}");
+    }
     match cmd {
         DomainCommand::Add { domain, ed25519 } => {
             let name = domain_name(&domain)?;
@@ -71,7 +79,11 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             println!("publish its records: outpost domain dns {name}");
         }
         DomainCommand::List => {
-            for d in store.domains().await? {
+            let domains = store.domains().await?;
+            if domains.is_empty() {
+                println!("no sending domains (add one: outpost domain add DOMAIN)");
+            }
+            for d in domains {
                 let selectors: Vec<String> = d
                     .keys
                     .iter()

@@ -6,24 +6,81 @@
 
 pub mod bounce;
 pub mod check;
+pub mod config;
 pub mod domain;
 pub mod keys;
 pub mod queue;
 pub mod send;
 pub mod serve;
+pub mod stats;
 pub mod suppress;
 pub mod user;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use outpost::config::Config;
 use outpost::dns::HickoryResolver;
 use outpost::store::SqliteStore;
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
+/// The store of the configured data directory, created when there is none (for
+/// the commands that add something). A new store is announced with its full path,
+/// so one created in the wrong directory is noticed at once.
 pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
+    let database = SqliteStore::database_path(&config.data_dir);
+    let existed = database.exists();
+    let store = SqliteStore::open(&config.data_dir, config.store.max_batch)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    if !existed {
+        eprintln!("created a new store: {}", shown(&database));
+    } else {
+        say_which_store(config);
+    }
+    Ok(store)
+}
+
+/// The existing store of the configured data directory, for the commands that
+/// read or change what is there: they never create a store (a `queue list` run in
+/// the wrong directory must say so, not report an empty queue).
+pub fn existing_store(config: &Config) -> Result<Arc<SqliteStore>> {
+    let database = SqliteStore::database_path(&config.data_dir);
+    if !database.exists() {
+        let hint = if config.data_dir.is_relative() {
+            "; data_dir is relative to the current directory: run the command where the \
+             relay runs, or give it the relay's configuration (--config FILE or OUTPOST_CONFIG)"
+        } else {
+            ""
+        };
+        bail!(
+            "no Outpost store in {} (looked for {}){hint}",
+            shown(&config.data_dir),
+            shown(&database)
+        );
+    }
+    say_which_store(config);
     SqliteStore::open(&config.data_dir, config.store.max_batch)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+}
+
+/// Names the store used when the configuration does not make it obvious (a data
+/// directory relative to wherever the command runs). On stderr, so the output
+/// stays what scripts parse.
+fn say_which_store(config: &Config) {
+    if config.data_dir.is_relative() {
+        eprintln!(
+            "store: {}",
+            shown(&SqliteStore::database_path(&config.data_dir))
+        );
+    }
+}
+
+/// A path as the user can find it again: absolute.
+fn shown(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// A secret (password) from standard input, without its line ending.

@@ -5,8 +5,10 @@
 //! (`{"email", "vars"}`), so the server renders and checks every message. A batch
 //! refused because of one recipient (`field: "to[i]..."`) is sent again without
 //! it, so one bad row costs only itself; a batch partly stored (`207`) is sent
-//! again with only the rows that were not. Wrong credentials or a sender domain that
-//! is not the user's stop the run. `--dry-run` renders the first message locally
+//! again with only the rows that were not. An error that would hit every row (the
+//! API unreachable, wrong credentials, a sender domain that is not the user's, a
+//! template error that names no recipient) stops the run at once, with what was
+//! sent until then. `--dry-run` renders the first message locally
 //! with the same code the server uses, and sends nothing.
 
 use anyhow::{Context, Result, bail};
@@ -100,11 +102,19 @@ pub async fn run(config: &Config, args: SendArgs) -> Result<()> {
         password,
         batch_size: args.batch_size,
     };
-    let summary = campaign.send(&api).await?;
-    println!("accepted: {}", summary.accepted);
-    println!("rejected: {}", summary.rejected.len());
+    let summary = campaign.send(&api).await;
+    println!(
+        "accepted: {}, rejected: {}, not sent: {} ({:.0} rows/s)",
+        summary.accepted,
+        summary.rejected.len(),
+        campaign.rows.len() - summary.accepted - summary.rejected.len(),
+        summary.rate()
+    );
     for (row, email, reason) in &summary.rejected {
         println!("  row {row} <{email}>: {reason}");
+    }
+    if let Some(reason) = summary.stopped {
+        bail!("stopped: {reason}");
     }
     if !summary.rejected.is_empty() {
         bail!("{} recipient(s) rejected", summary.rejected.len());
@@ -121,9 +131,6 @@ pub enum SendError {
     Csv(String),
     #[error("{0}")]
     Template(String),
-    /// The server refused the whole run (credentials, sender domain).
-    #[error("the server refused the request: {0}")]
-    Refused(String),
 }
 
 /// What to send.
@@ -143,11 +150,22 @@ pub struct Api {
     pub batch_size: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Summary {
     pub accepted: usize,
     /// (row number in the file, counting the header as row 1; address; reason).
     pub rejected: Vec<(usize, String, String)>,
+    /// Why the run stopped before the end: an error that every row would meet.
+    pub stopped: Option<String>,
+    started: std::time::Instant,
+}
+
+impl Summary {
+    /// Rows handled (accepted or rejected) per second.
+    pub fn rate(&self) -> f64 {
+        (self.accepted + self.rejected.len()) as f64
+            / self.started.elapsed().as_secs_f64().max(0.001)
+    }
 }
 
 /// Reads the recipients: one per data row, every column a template variable.
@@ -205,26 +223,45 @@ impl Campaign {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Sends every row in batches, showing progress; returns what was accepted and
-    /// what was rejected, and why.
-    pub async fn send(&self, api: &Api) -> Result<Summary, SendError> {
-        let client = reqwest::Client::builder()
+    /// Sends every row in batches, showing progress; returns what was accepted, what
+    /// was rejected and why, and why the run stopped early if it did.
+    pub async fn send(&self, api: &Api) -> Summary {
+        let mut summary = Summary {
+            accepted: 0,
+            rejected: Vec::new(),
+            stopped: None,
+            started: std::time::Instant::now(),
+        };
+        // A template error found in the first row would be found in every row.
+        if let Err(e) = self.dry_run() {
+            summary.stopped = Some(e.to_string());
+            return summary;
+        }
+        let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()
-            .map_err(|e| SendError::Refused(e.to_string()))?;
+        {
+            Ok(client) => client,
+            Err(e) => {
+                summary.stopped = Some(format!("cannot make an HTTP client: {e}"));
+                return summary;
+            }
+        };
         let progress = ProgressBar::new(self.rows.len() as u64);
         progress.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}  {msg}")
-                .expect("static template"),
+            // `per_sec:0`: the rate rounded to whole rows.
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rows  {per_sec:0}  eta {eta}  {msg}",
+            )
+            .expect("static template"),
         );
-        let mut summary = Summary::default();
         let numbered: Vec<(usize, &Recipient)> = self
             .rows
             .iter()
             .enumerate()
             .map(|(i, r)| (i + 2, r))
             .collect();
-        for chunk in numbered.chunks(api.batch_size.max(1)) {
+        'batches: for chunk in numbered.chunks(api.batch_size.max(1)) {
             let mut batch = chunk.to_vec();
             let mut attempt = 0;
             while !batch.is_empty() {
@@ -247,8 +284,11 @@ impl Campaign {
                     Err(e) => {
                         attempt += 1;
                         if attempt >= ATTEMPTS {
-                            reject_all(&mut summary, &batch, &format!("cannot reach {url}: {e}"));
-                            break;
+                            summary.stopped = Some(format!(
+                                "cannot reach the API at {url}: {}",
+                                error_chain(&e)
+                            ));
+                            break 'batches;
                         }
                         tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
                         continue;
@@ -284,8 +324,10 @@ impl Campaign {
                     continue;
                 }
                 if matches!(status.as_u16(), 401 | 403) {
-                    progress.abandon();
-                    return Err(SendError::Refused(format!("HTTP {status}: {reason}")));
+                    summary.stopped = Some(format!(
+                        "the server refused the run: HTTP {status}: {reason}"
+                    ));
+                    break 'batches;
                 }
                 let bad_row = body["field"]
                     .as_str()
@@ -303,18 +345,44 @@ impl Campaign {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
                     }
+                    // The store still failing after the retries: these rows
+                    // are rejected (the next batch may fare better).
+                    _ if status.is_server_error() => {
+                        for (row, r) in batch.drain(..) {
+                            let why = format!("HTTP {status}: {reason}");
+                            summary.rejected.push((row, r.email().to_string(), why));
+                        }
+                    }
+                    // Not about one row (a template error): every row would get it.
                     _ => {
-                        reject_all(&mut summary, &batch, &format!("HTTP {status}: {reason}"));
-                        break;
+                        let field = body["field"]
+                            .as_str()
+                            .map_or(String::new(), |f| format!(" ({f})"));
+                        summary.stopped = Some(format!("HTTP {status}: {reason}{field}"));
+                        break 'batches;
                     }
                 }
             }
             progress.set_position((summary.accepted + summary.rejected.len()) as u64);
             progress.set_message(format!("{} rejected", summary.rejected.len()));
         }
-        progress.finish();
-        Ok(summary)
+        // The summary is printed on its own line after the bar.
+        progress.finish_and_clear();
+        summary
     }
+}
+
+/// An error with its causes (`connection refused` is usually a cause, not the
+/// error itself).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The `failed` entries of a successful answer as (place in the batch, status,
@@ -334,12 +402,4 @@ fn stored_all_but(body: &serde_json::Value, batch: usize) -> Vec<(usize, u16, St
     failed.sort_by_key(|(i, ..)| *i);
     failed.dedup_by_key(|(i, ..)| *i);
     failed
-}
-
-fn reject_all(summary: &mut Summary, batch: &[(usize, &Recipient)], reason: &str) {
-    for (row, r) in batch {
-        summary
-            .rejected
-            .push((*row, r.email().to_string(), reason.to_string()));
-    }
 }

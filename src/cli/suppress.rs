@@ -1,6 +1,6 @@
 //! `outpost suppress`: the suppression list of each sending domain.
 
-use super::{domain_name, open_store};
+use super::{domain_name, existing_store, open_store};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::config::Config;
@@ -28,7 +28,10 @@ pub enum SuppressCommand {
 }
 
 pub async fn run(config: &Config, cmd: SuppressCommand) -> Result<()> {
-    let store = open_store(config)?;
+    let store = match cmd {
+        SuppressCommand::Add { .. } => open_store(config)?,
+        _ => existing_store(config)?,
+    };
     match cmd {
         SuppressCommand::List { domain } => {
             let domain = domain.as_deref().map(domain_name).transpose()?;

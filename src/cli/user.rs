@@ -1,6 +1,6 @@
 //! `outpost user`: sending users, their domains and passwords.
 
-use super::open_store;
+use super::{existing_store, open_store};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::auth::password;
@@ -52,7 +52,10 @@ fn read_or_generate_password(from_stdin: bool) -> Result<(String, bool)> {
 }
 
 pub async fn run(config: &Config, cmd: UserCommand) -> Result<()> {
-    let store = open_store(config)?;
+    let store = match cmd {
+        UserCommand::Add { .. } => open_store(config)?,
+        _ => existing_store(config)?,
+    };
     match cmd {
         UserCommand::Add {
             name,
@@ -85,7 +88,11 @@ pub async fn run(config: &Config, cmd: UserCommand) -> Result<()> {
             }
         }
         UserCommand::List => {
-            for u in store.users().await? {
+            let users = store.users().await?;
+            if users.is_empty() {
+                println!("no users (add one: outpost user add NAME --domain DOMAIN)");
+            }
+            for u in users {
                 println!(
                     "{}\t{}\t{}",
                     u.name,

@@ -63,6 +63,44 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub deliverability: DeliverabilityConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// On SIGTERM or SIGINT: how long sessions in the middle of a mail transaction
+    /// may take to finish once listening has stopped. Default 30s (systemd's
+    /// default stop timeout is 90s, Docker's 10s: `docker stop -t 40`).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (`key=value` fields).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`. The level comes from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -419,6 +457,26 @@ impl Config {
             },
             other => other,
         })
+    }
+
+    /// Why `hostname` will not do for mail to other servers, if it will not: an
+    /// unqualified name (`vm`), `localhost` or an address. Receivers refuse such
+    /// EHLO names, and records built on them (SPF `a:vm`, `MX vm.`) mean nothing.
+    pub fn hostname_problem(&self) -> Option<String> {
+        let name = self.hostname.trim_end_matches('.');
+        let why = if name.parse::<std::net::IpAddr>().is_ok() {
+            "is an address"
+        } else if name.eq_ignore_ascii_case("localhost") || name.ends_with(".localdomain") {
+            "is a local name"
+        } else if !name.contains('.') {
+            "is not a fully qualified domain name"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "hostname {:?} {why}: receiving servers refuse such EHLO names and DNS records built on it are useless; set hostname = \"mail.example.com\" (this server's public name, with an A record and a matching PTR) in the configuration",
+            self.hostname
+        ))
     }
 
     /// Parses and validates configuration text.

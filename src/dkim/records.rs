@@ -124,10 +124,11 @@ pub fn records(
     out
 }
 
-/// `v=spf1 a:<hostname> [ip4:..] [ip6:..] ~all`.
+/// `v=spf1 a:<hostname> [ip4:..] [ip6:..] ~all`. Loopback addresses (a host name
+/// mapped to 127.0.1.1 in /etc/hosts) are left out: no receiver sees mail from them.
 pub fn spf_value(hostname: &str, server_ips: &[IpAddr]) -> String {
     let mut value = format!("v=spf1 a:{hostname}");
-    for ip in server_ips {
+    for ip in server_ips.iter().filter(|ip| !ip.is_loopback()) {
         match ip {
             IpAddr::V4(v4) => value.push_str(&format!(" ip4:{v4}")),
             IpAddr::V6(v6) => value.push_str(&format!(" ip6:{v6}")),
@@ -140,6 +141,18 @@ pub fn spf_value(hostname: &str, server_ips: &[IpAddr]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spf_never_advises_a_loopback_address() {
+        let ips: Vec<IpAddr> = ["127.0.1.1", "203.0.113.7", "::1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(
+            spf_value("mail.example.com", &ips),
+            "v=spf1 a:mail.example.com ip4:203.0.113.7 ~all"
+        );
+    }
 
     #[test]
     fn long_dkim_record_is_split_at_255_bytes() {

@@ -29,8 +29,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             .read_data(&mut receiver, &mut content, limits.data_timeout.get())
             .await?;
         let transaction = self.transaction.take().expect("checked above");
-        let reply = if receiver.violation().is_some() {
-            tracing::warn!(peer = %self.conn.peer, violation = ?receiver.violation(), "message with bare CR/LF rejected");
+        let reply = if let Some(violation) = receiver.violation() {
+            tracing::warn!(peer = %self.conn.peer, ?violation, "message with bare CR/LF rejected");
             Reply::bare_line_ending()
         } else if receiver.too_big() {
             Reply::message_too_big()

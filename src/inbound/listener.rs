@@ -56,10 +56,16 @@ pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, BindError> {
     })
 }
 
-/// Accepts connections until the task is dropped.
+/// Accepts connections until the server shuts down (the socket closes then, so
+/// new clients are refused by the kernel, not left waiting) or the task is dropped.
 pub async fn serve_listener(ctx: Arc<InboundContext>, bound: BoundListener) {
+    let mut shutdown = ctx.shutdown.subscribe();
     loop {
-        let (stream, peer) = match bound.listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = bound.listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.

@@ -44,6 +44,9 @@ pub struct InboundContext {
     /// The shared acceptance path (checks, added headers, commit, hand-off to the
     /// queue).
     pub acceptor: Acceptor,
+    /// Becomes true when the server stops (SIGTERM/SIGINT): listeners stop
+    /// accepting, and sessions close once no transaction is open.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl InboundContext {
@@ -64,6 +67,7 @@ impl InboundContext {
             store,
             tls,
             acceptor,
+            shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
 }

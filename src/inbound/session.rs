@@ -77,15 +77,31 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         self.io.reply(&Reply::new(220, "", banner));
     }
 
-    /// Runs until QUIT, an error, a limit, or STARTTLS.
+    /// Runs until QUIT, an error, a limit, STARTTLS, or the server's shutdown
+    /// (which waits for an open transaction to end).
     pub async fn run(mut self) -> SessionEnd<S> {
         let limits = &self.ctx.config.limits;
+        let mut shutdown = self.ctx.shutdown.subscribe();
         loop {
-            let line = match self
+            let read = self
                 .io
-                .read_line(limits.max_line_length, limits.command_timeout.get())
-                .await
-            {
+                .read_line(limits.max_line_length, limits.command_timeout.get());
+            let next = if self.transaction.is_none() {
+                // Between transactions nothing is lost by closing: a command
+                // half-read now is answered with the 421 instead.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => None,
+                    next = read => Some(next),
+                }
+            } else {
+                Some(read.await)
+            };
+            let Some(next) = next else {
+                self.io.reply(&Reply::shutting_down());
+                break;
+            };
+            let line = match next {
                 Ok(Line::Complete(line)) => line,
                 Ok(Line::TooLong) => {
                     if self.error(Reply::line_too_long()) {

@@ -44,7 +44,7 @@ impl Transcript {
             .unwrap(),
         );
         let store: Arc<dyn Store> = SqliteStore::open(dir.path(), 64).unwrap();
-        let (tls, _) = crate::tls::server_config(None, None, dir.path(), HOSTNAME).unwrap();
+        let (tls, _, _) = crate::tls::server_config(None, None, dir.path(), HOSTNAME).unwrap();
         let acceptor = Acceptor {
             config: config.clone(),
             store: store.clone(),

@@ -131,7 +131,11 @@ impl Destinations {
             .as_ref()
             .is_none_or(|(t, _)| Instant::now() >= *t)
         {
-            tracing::warn!(destination, reply = %reply, pause = ?until.saturating_duration_since(Instant::now()), "destination suspended");
+            let pause_seconds = until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .round();
+            tracing::warn!(destination, reply = %reply, pause_seconds, "destination suspended");
         }
         queue.suspended = Some((until, reply));
         queue.jobs.drain(..).collect()

@@ -84,8 +84,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                     .iter()
                     .find(|r| means_slow_down(r.code, &r.text))
                     .cloned();
-                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, tls = ?client.tls,
-                    replies = %replies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "), "delivery attempt");
+                tracing::debug!(queue_id = %job.message.id, domain = %job.domain, %remote, "transaction done");
                 // Recording waits for a group commit; the connection need not wait
                 // with it. A crash before the commit means a second delivery, never a
                 // lost one.
@@ -105,7 +104,6 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 }
             }
             Err(e) => {
-                tracing::info!(queue_id = %job.message.id, domain = %job.domain, %remote, error = %e, "delivery attempt failed");
                 let replies = vec![e.as_reply(); job.recipients.len()];
                 engine
                     .record(&job, Attempt::Answered { replies, path })
@@ -169,7 +167,6 @@ impl Engine {
     /// The domain could not be reached: a permanent reason bounces the job; a
     /// temporary one defers it and suspends its destination.
     async fn destination_failed(&self, job: Job, reply: RemoteReply) {
-        tracing::info!(queue_id = %job.message.id, domain = %job.domain, reply = %reply, "destination unavailable");
         let destination = job.destination.clone();
         let permanent = reply.is_permanent();
         self.record(
@@ -223,20 +220,29 @@ impl Engine {
                     }
                     (RecipientStatus::Bounced, 0, reply.to_string())
                 } else if retry::expired(job.message.received_at, delivery.max_age, now) {
-                    let text = format!("{} 4.4.7 Delivery time expired; last error: {reply}", reply.code);
+                    let text = format!(
+                        "{} 4.4.7 Delivery time expired; last error: {reply}",
+                        reply.code
+                    );
                     (RecipientStatus::Bounced, 0, text)
                 } else {
                     let next = resume_at.unwrap_or_else(|| {
                         retry::next_attempt(&delivery.retry, recipient.attempts + 1, now)
                     });
                     // The last try is at max_age, not at the first interval past it.
-                    let expiry = job.message.received_at
+                    let expiry = job
+                        .message
+                        .received_at
                         .saturating_add(delivery.max_age.get().as_millis() as i64);
-                    (RecipientStatus::Deferred, next.min(expiry), reply.to_string())
+                    (
+                        RecipientStatus::Deferred,
+                        next.min(expiry),
+                        reply.to_string(),
+                    )
                 };
-                tracing::debug!(queue_id = %job.message.id, rcpt = %recipient.address, status = status.as_str(), reply = %text, "recipient");
-                let latency = (status == RecipientStatus::Delivered)
-                    .then(|| Duration::from_millis(now.saturating_sub(job.message.received_at).max(0) as u64));
+                let latency = (status == RecipientStatus::Delivered).then(|| {
+                    Duration::from_millis(now.saturating_sub(job.message.received_at).max(0) as u64)
+                });
                 self.metrics.delivery(status.as_str(), &job.domain, latency);
                 RecipientUpdate {
                     idx: recipient.idx,
@@ -248,7 +254,8 @@ impl Engine {
                     path: path.clone(),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        log_attempt(job, &updates, path.mx_host.as_deref(), attempted);
         self.commit(&job.message, updates).await;
         let Some(domain) = job.message.sending_domain() else {
             return;
@@ -289,6 +296,33 @@ impl Engine {
             Err(e) => {
                 tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome")
             }
+        }
+    }
+}
+
+/// One log line per outcome of a delivery attempt (usually one per attempt):
+/// `delivered` and `deferred` at INFO, `bounced` at WARN, with the queue id, the
+/// recipients, the server that answered and its reply.
+fn log_attempt(job: &Job, updates: &[RecipientUpdate], remote: Option<&str>, tried: bool) {
+    let remote = remote.unwrap_or("none");
+    let mut groups: Vec<(RecipientStatus, &str, Vec<String>)> = Vec::new();
+    for (update, recipient) in updates.iter().zip(&job.recipients) {
+        let address = recipient.address.to_string();
+        match groups
+            .iter_mut()
+            .find(|(status, reply, _)| *status == update.status && *reply == update.reply)
+        {
+            Some((_, _, rcpts)) => rcpts.push(address),
+            None => groups.push((update.status, &update.reply, vec![address])),
+        }
+    }
+    for (status, reply, rcpts) in groups {
+        let rcpts = rcpts.join(",");
+        let (queue_id, outcome) = (&job.message.id, status.as_str());
+        if status == RecipientStatus::Bounced {
+            tracing::warn!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, reply, tried, "delivery");
+        } else {
+            tracing::info!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, reply, tried, "delivery");
         }
     }
 }

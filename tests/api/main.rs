@@ -10,6 +10,7 @@ mod bad_input;
 mod bulk_send;
 mod partial_failure;
 mod receiver_replies;
+mod send_stops;
 mod sending;
 mod tenants;
 mod unsubscribe;

@@ -22,7 +22,7 @@ async fn dns_for(domain: &str) -> FakeDns {
 
 /// `outpost queue show ID` as JSON, or `None` when there is no such message.
 fn show(config: &Path, id: &str) -> Option<serde_json::Value> {
-    let out = cli(config, &["queue", "show", id]);
+    let out = cli(config, &["queue", "show", "--json", id]);
     out.status.success().then(|| {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -66,7 +66,7 @@ async fn wait_queue_empty(config: &Path) {
     let end = Instant::now() + WAIT;
     loop {
         let list = cli_ok(config, &["queue", "list"]);
-        if list.lines().last() == Some("0 message(s)") {
+        if list.lines().last() == Some("-- 0 message(s) in the queue") {
             return;
         }
         assert!(Instant::now() < end, "the queue did not drain:\n{list}");
@@ -177,14 +177,29 @@ async fn queue_commands_act_on_a_running_server() {
     let [one, two, three] = [&ids[0], &ids[1], &ids[2]];
 
     let list = cli_ok(&config, &["queue", "list"]);
-    for id in &ids {
-        assert!(
-            list.lines()
-                .any(|l| l.starts_with(id.as_str()) && l.contains("1/1 pending")),
-            "queue list lacks {id}:\n{list}"
-        );
+    // mailq's shape: the message line, then per pending recipient its last reply
+    // and next attempt, then the address.
+    for (id, rcpt) in ids
+        .iter()
+        .zip(["one@cli.test", "two@cli.test", "three@cli.test"])
+    {
+        let lines: Vec<&str> = list.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(id.as_str()) && l.ends_with(&format!("<{SENDER}>")))
+            .unwrap_or_else(|| panic!("queue list lacks {id}:\n{list}"));
+        assert!(lines[at + 1].contains(", next attempt in "), "{list}");
+        assert_eq!(lines[at + 2].trim(), rcpt, "{list}");
+        if rcpt == "one@cli.test" {
+            assert!(lines[at + 1].contains("(451 4.2.0"), "{list}");
+            assert!(lines[at + 1].contains("; 1 attempt, "), "{list}");
+        }
     }
-    assert_eq!(list.lines().last(), Some("3 message(s)"), "{list}");
+    assert_eq!(
+        list.lines().last(),
+        Some("-- 3 message(s) in the queue"),
+        "{list}"
+    );
 
     let shown = show(&config, one).expect("queue show");
     assert_eq!(shown["id"], one.as_str());

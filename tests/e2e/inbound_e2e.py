@@ -424,10 +424,12 @@ def main():
             check(len(accepted) >= 1, "no message was accepted, nothing to look for")
             r = cli(binary, config, "queue", "list")
             check(r.returncode == 0, f"queue list exited {r.returncode}: {r.stderr}")
-            listed = {line.split("\t")[0] for line in r.stdout.splitlines() if "\t" in line}
+            # mailq's shape: a line per message (id first), indented lines per recipient.
+            listed = {line.split()[0] for line in r.stdout.splitlines()
+                      if line and not line.startswith((" ", "--"))}
             missing = set(accepted) - listed
             check(not missing, f"accepted ids missing from queue list: {sorted(missing)}\n{r.stdout}")
-            check(f"{len(listed)} message(s)" in r.stdout, f"no count line: {r.stdout!r}")
+            check(f"-- {len(listed)} message(s) in the queue" in r.stdout, f"no count line: {r.stdout!r}")
 
         def queue_show():
             check(len(accepted) >= 1, "no message was accepted, nothing to show")

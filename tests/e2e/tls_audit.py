@@ -13,7 +13,7 @@ JSON output, and checks:
     that come only from the self-signed test certificate (trust, chain, CA
     records, revocation info): a deployment configures its own certificate.
 
-Skips (as passed, with a clear message) when testssl.sh is not installed.
+Fails (it cannot run) when testssl.sh is not installed; it never skips.
 Everything stays on 127.0.0.1. The last line is `N passed, M failed`.
 """
 import json
@@ -151,9 +151,10 @@ def main():
     binary = find_binary()
     testssl = testssl_binary()
     if testssl is None:
-        print("SKIP tls_audit: testssl.sh is not installed (Debian package testssl.sh)")
-        print("0 passed, 0 failed", flush=True)
-        return 0
+        print("FAIL tls_audit cannot run: testssl.sh is not installed "
+              "(Debian package testssl.sh; scripts/install-test-deps.sh installs it)")
+        print("0 passed, 1 failed", flush=True)
+        return 1
     if not os.access(binary, os.X_OK):
         print(f"FAIL outpost binary not found: {binary}")
         print("0 passed, 1 failed", flush=True)

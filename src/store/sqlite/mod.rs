@@ -41,6 +41,11 @@ pub struct SqliteStore {
 const MAX_READERS: usize = 16;
 
 impl SqliteStore {
+    /// The database file of the store kept in data directory `dir`.
+    pub fn database_path(dir: &Path) -> std::path::PathBuf {
+        dir.join("outpost.db")
+    }
+
     /// Opens (creating if needed) `dir/outpost.db` and starts the writer thread.
     pub fn open(dir: &Path, max_batch: usize) -> StoreResult<Arc<SqliteStore>> {
         Self::open_measured(dir, max_batch, Arc::default())
@@ -58,7 +63,7 @@ impl SqliteStore {
                 dir.display()
             ))
         })?;
-        let path = dir.join("outpost.db");
+        let path = Self::database_path(dir);
         let conn = Connection::open(&path).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

@@ -80,6 +80,60 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Sends a signal (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits until a log line contains `text`; panics with the log after `deadline`.
+    pub fn wait_for_log(&self, text: &str, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no log line with {text:?} within {deadline:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit; panics with the log after `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "the server did not exit within {deadline:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of the first listener in `mode` (`Relay`, `Submissions`, ...),
+    /// from the start-up log.
+    pub fn listener(&self, mode: &str) -> Option<SocketAddr> {
+        let suffix = format!(" mode={mode}");
+        self.log.lock().unwrap().iter().find_map(|line| {
+            let rest = &line[line.find("listening addr=")? + "listening addr=".len()..];
+            let (addr, tail) = rest.split_once(' ')?;
+            (format!(" {tail}").trim_end() == suffix).then(|| addr.parse().ok())?
+        })
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
