@@ -8,6 +8,7 @@ use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::smtp::Mailbox;
 use crate::store::{AttemptPath, RecipientStatus, RecipientUpdate, Suppression};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,7 +92,14 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 let recorder = engine.clone();
                 tokio::spawn(async move {
                     recorder
-                        .record(&job, Attempt::Answered { replies, path })
+                        .record(
+                            &job,
+                            Attempt::Answered {
+                                replies,
+                                path,
+                                remote,
+                            },
+                        )
                         .await
                 });
                 if let Some(reply) = slow_down {
@@ -106,7 +114,14 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             Err(e) => {
                 let replies = vec![e.as_reply(); job.recipients.len()];
                 engine
-                    .record(&job, Attempt::Answered { replies, path })
+                    .record(
+                        &job,
+                        Attempt::Answered {
+                            replies,
+                            path,
+                            remote,
+                        },
+                    )
                     .await;
             }
         }
@@ -125,6 +140,8 @@ pub(super) enum Attempt {
     Answered {
         replies: Vec<RemoteReply>,
         path: AttemptPath,
+        /// The server's address, for the log.
+        remote: SocketAddr,
     },
     /// Not tried: the destination is suspended until `until`.
     Skipped { reply: RemoteReply, until: Instant },
@@ -195,13 +212,23 @@ impl Engine {
     pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
         let now = now_ms();
         let delivery = &self.config.delivery;
-        let (replies, attempted, resume_at, path) = match attempt {
-            Attempt::Made(replies) => (replies, true, None, AttemptPath::default()),
-            Attempt::Answered { replies, path } => (replies, true, None, path),
+        let (replies, attempted, resume_at, path, remote) = match attempt {
+            Attempt::Made(replies) => (replies, true, None, AttemptPath::default(), None),
+            Attempt::Answered {
+                replies,
+                path,
+                remote,
+            } => (replies, true, None, path, Some(remote)),
             Attempt::Skipped { reply, until } => {
                 let wait = until.saturating_duration_since(Instant::now()).as_millis() as i64;
                 let replies = vec![reply; job.recipients.len()];
-                (replies, false, Some(now + wait), AttemptPath::default())
+                (
+                    replies,
+                    false,
+                    Some(now + wait),
+                    AttemptPath::default(),
+                    None,
+                )
             }
         };
         let mut suppress = Vec::new();
@@ -255,7 +282,7 @@ impl Engine {
                 }
             })
             .collect::<Vec<_>>();
-        log_attempt(job, &updates, path.mx_host.as_deref(), attempted);
+        log_attempt(job, &updates, remote, &path, attempted);
         self.commit(&job.message, updates).await;
         let Some(domain) = job.message.sending_domain() else {
             return;
@@ -302,9 +329,16 @@ impl Engine {
 
 /// One log line per outcome of a delivery attempt (usually one per attempt):
 /// `delivered` and `deferred` at INFO, `bounced` at WARN, with the queue id, the
-/// recipients, the server that answered and its reply.
-fn log_attempt(job: &Job, updates: &[RecipientUpdate], remote: Option<&str>, tried: bool) {
-    let remote = remote.unwrap_or("none");
+/// recipients, the server that answered, whether TLS was used, and its reply.
+fn log_attempt(
+    job: &Job,
+    updates: &[RecipientUpdate],
+    remote: Option<SocketAddr>,
+    path: &AttemptPath,
+    tried: bool,
+) {
+    let remote = remote.map_or_else(|| "none".to_string(), |a| a.to_string());
+    let tls = path.tls.is_some();
     let mut groups: Vec<(RecipientStatus, &str, Vec<String>)> = Vec::new();
     for (update, recipient) in updates.iter().zip(&job.recipients) {
         let address = recipient.address.to_string();
@@ -320,9 +354,9 @@ fn log_attempt(job: &Job, updates: &[RecipientUpdate], remote: Option<&str>, tri
         let rcpts = rcpts.join(",");
         let (queue_id, outcome) = (&job.message.id, status.as_str());
         if status == RecipientStatus::Bounced {
-            tracing::warn!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, reply, tried, "delivery");
+            tracing::warn!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, tls, reply, tried, "delivery");
         } else {
-            tracing::info!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, reply, tried, "delivery");
+            tracing::info!(%queue_id, outcome, %rcpts, domain = %job.domain, %remote, tls, reply, tried, "delivery");
         }
     }
 }

@@ -517,10 +517,10 @@ class Interop:
                                   f"{missing[:10]}\nOutpost log:\n{self.server.log()}{logs}")
 
     def delivery_log(self):
-        """{(queue id, domain): tls} from Outpost's `delivery attempt` lines."""
+        """{(queue id, domain): tls} from Outpost's `delivery` lines of delivered mail."""
         attempts = {}
         for line in self.server.lines:
-            if "delivery attempt" in line and "failed" not in line:
+            if " delivery " in line and 'outcome="delivered"' in line:
                 q = re.search(r"queue_id=(\S+)", line)
                 d = re.search(r"\bdomain=(\S+)", line)
                 t = re.search(r"\btls=(\w+)", line)

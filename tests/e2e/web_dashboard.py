@@ -45,7 +45,7 @@ import inbound_e2e as harness  # noqa: E402  (shared: Server, Suite, cli, find_b
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -196,7 +196,10 @@ class Dashboard:
 
     def wait_text(self, text):
         try:
-            WebDriverWait(self.d, DEADLINE).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
+            # The page may be replaced while it is read (a form that posts and
+            # redirects): a stale body is read again, not a failure.
+            WebDriverWait(self.d, DEADLINE, ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda d: text in d.find_element(By.TAG_NAME, "body").text)
         except TimeoutException:
             raise Failure(f"{text!r} never appeared on {self.d.current_url}:\n{self.text()[:2000]}")
 
