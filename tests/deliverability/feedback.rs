@@ -3,15 +3,14 @@
 //! auto-replies then arrive for that return path over SMTP on the relay port, as
 //! they would from the receiving provider.
 
-use crate::relay::{eventually, send};
+use crate::relay::{eventually, relay_to, send};
 use crate::support::{common, fakes};
-use common::{CLIENT_SENDER, Client, HOSTNAME, start_config};
+use common::{CLIENT_SENDER, Client, HOSTNAME};
 use fakes::sink::SmtpSink;
 use outpost::config::ListenerMode;
 use outpost::server::Running;
 use outpost::store::{Event, EventKind, RecipientStatus};
 use std::sync::{Arc, Mutex};
-use tempfile::TempDir;
 
 const RETURN_PATH_HOST: &str = "bounces.client.example";
 
@@ -53,36 +52,6 @@ impl Hooks {
             })
             .collect()
     }
-}
-
-async fn relay(sink: &SmtpSink, hook: &str) -> (Running, TempDir) {
-    let dir = tempfile::tempdir().expect("data directory");
-    let text = format!(
-        r#"
-hostname = "{HOSTNAME}"
-data_dir = "{dir}"
-[[listeners]]
-addr = "127.0.0.1:0"
-mode = "relay"
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-local_domains = ["{HOSTNAME}", "{RETURN_PATH_HOST}"]
-[http]
-addr = "127.0.0.1:0"
-[delivery]
-retry = ["1m"]
-[[routes]]
-domain = "*"
-to = "127.0.0.1:{port}"
-tls = "none"
-[[webhooks]]
-url = "{hook}"
-secret = "s"
-"#,
-        dir = dir.path().display(),
-        port = sink.port(),
-    );
-    (start_config(&text).await, dir)
 }
 
 /// Sends a message to `rcpt`, waits for its delivery, and returns the return path
@@ -166,7 +135,12 @@ async fn bounces_complaints_and_auto_replies_come_back_to_the_return_path() {
     let sink = SmtpSink::start_default().await;
     let hooks = Hooks::default();
     let url = hooks.start().await;
-    let (running, _dir) = relay(&sink, &url).await;
+    let (running, _dir) = relay_to(
+        &sink,
+        &format!(r#"local_domains = ["{HOSTNAME}", "{RETURN_PATH_HOST}"]"#),
+        &format!("[[webhooks]]\nurl = \"{url}\"\nsecret = \"s\""),
+    )
+    .await;
 
     // A delivered message, then a DSN for it at its return path.
     let gone = "gone@remote.example";

@@ -21,8 +21,9 @@ use outpost::store::RecipientStatus;
 use std::time::Duration;
 use tempfile::TempDir;
 
-/// A relay that delivers everything to `sink` and trusts loopback clients.
-async fn relay_to(sink: &SmtpSink) -> (Running, TempDir) {
+/// A relay that delivers everything to `sink` and trusts loopback clients;
+/// `relay_keys` go into its `[relay]` table and `more` after the rest.
+pub(crate) async fn relay_to(sink: &SmtpSink, relay_keys: &str, more: &str) -> (Running, TempDir) {
     let dir = tempfile::tempdir().expect("data directory");
     let text = format!(
         r#"
@@ -33,6 +34,7 @@ addr = "127.0.0.1:0"
 mode = "relay"
 [relay]
 trusted_networks = ["127.0.0.0/8"]
+{relay_keys}
 [http]
 addr = "127.0.0.1:0"
 [delivery]
@@ -41,6 +43,7 @@ retry = ["1m"]
 domain = "*"
 to = "127.0.0.1:{port}"
 tls = "none"
+{more}
 "#,
         dir = dir.path().display(),
         port = sink.port(),
@@ -115,7 +118,7 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
 #[tokio::test]
 async fn relayed_mail_is_signed_and_verifies_with_rsa_and_ed25519() {
     let sink = SmtpSink::start_default().await;
-    let (running, _dir) = relay_to(&sink).await;
+    let (running, _dir) = relay_to(&sink, "", "").await;
     let domain = outpost::dkim::generate("signed.example", true, chrono::Utc::now()).unwrap();
     running.store.add_domain(domain.clone()).await.unwrap();
     let dns = FakeDns::start(&zone_for(&domain)).await;
@@ -236,7 +239,7 @@ async fn permanent_bad_mailbox_bounce_suppresses_the_next_message() {
         .rcpt_reply_exact("full@remote.example", "552 5.2.2 Mailbox full")
         .start()
         .await;
-    let (running, _dir) = relay_to(&sink).await;
+    let (running, _dir) = relay_to(&sink, "", "").await;
     let store = running.store.clone();
     let body = b"From: s@client.example\r\nTo: x@remote.example\r\nSubject: one\r\n\r\nhi\r\n";
     let first = send(
