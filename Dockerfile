@@ -11,7 +11,13 @@ COPY . .
 RUN cargo build --release --locked --bin outpost
 
 FROM debian:bookworm-slim
-RUN useradd --system --home-dir /var/lib/outpost --shell /usr/sbin/nologin outpost \
+# The DNS resolver (hickory-resolver, with its default TLS features) reads the
+# system's CA certificates when it is built, and start-up fails without them:
+# bookworm-slim has none.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home-dir /var/lib/outpost --shell /usr/sbin/nologin outpost \
     && install -d -o outpost -g outpost -m 750 /var/lib/outpost
 COPY --from=build /src/target/release/outpost /usr/local/bin/outpost
 COPY contrib/docker.toml /etc/outpost/outpost.toml
