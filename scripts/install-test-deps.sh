@@ -27,6 +27,8 @@ set -euo pipefail
 #   git                        the README walk-through clones the repo (tests/e2e/readme_walkthrough.py)
 #   chromium, chromium-driver  the headless browser tests/e2e/web_dashboard.py drives
 #                              (with Selenium; nothing downloads a browser)
+#   debootstrap                the Debian bookworm root tests/e2e/docker_image.py builds
+#                              the Dockerfile's image on (no Docker engine needed)
 #   npm                        (Debian's, only when the machine has none) nodemailer for
 #                              the interop suite, axe-core for the dashboard suite
 debian=(
@@ -35,6 +37,7 @@ debian=(
     dnsmasq-base opendkim rspamd msmtp
     libgnutls-dane0 libidn12 libnsl2 libdb5.3 libpcre2-8-0
     chromium chromium-driver
+    debootstrap
 )
 command -v npm >/dev/null || debian+=(npm)
 # pip packages, into the python3 first on PATH (which may not be Debian's: pyenv,
@@ -81,7 +84,7 @@ if [ "${#npm_packages[@]}" -gt 0 ]; then
     done
 fi
 
-for tool in cargo swaks openssl python3 curl jq git systemd-analyze /usr/sbin/smtp-sink node npm /usr/bin/chromium /usr/bin/chromedriver; do
+for tool in cargo swaks openssl python3 curl jq git systemd-analyze /usr/sbin/smtp-sink node npm /usr/bin/chromium /usr/bin/chromedriver /usr/sbin/debootstrap; do
     command -v "$tool" >/dev/null || { echo "missing tool after install: $tool" >&2; exit 1; }
 done
 if ! command -v testssl >/dev/null && ! command -v testssl.sh >/dev/null; then

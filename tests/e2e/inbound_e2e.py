@@ -109,17 +109,18 @@ def write_config(path, data_dir, listeners, extra=""):
 
 
 class Server:
-    """`outpost serve` as a child process, its stderr read by a thread."""
+    """`outpost serve` as a child process, its stderr read by a thread. `command` replaces
+    the plain `outpost --config CONFIG serve` when it runs wrapped (tests/e2e/docker_image.py)."""
 
-    def __init__(self, binary, config):
+    def __init__(self, binary, config, command=None, env=None):
         self.lines = []
         self.events = queue.Queue()
         self.proc = subprocess.Popen(
-            [binary, "--config", config, "serve"],
+            command or [binary, "--config", config, "serve"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=child_env(),
+            env=env or child_env(),
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
