@@ -317,7 +317,6 @@ ip link set lo up
 echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start
 """
 CONTAINER_SETUP = r"""
-set -e
 root=$1; shift
 hostname "$HOSTNAME"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
@@ -335,7 +334,7 @@ exec "$@"
 def in_container(image, argv, network):
     """argv (run_as_image's) as the first process of a container: PID 1 of new PID, mount
     and UTS namespaces, of a network namespace too when `network`."""
-    setup = CONTAINER_SETUP.replace("set -e\n", "set -e\n" + NETWORK_SETUP) if network else CONTAINER_SETUP
+    setup = "set -e" + (NETWORK_SETUP if network else "\n") + CONTAINER_SETUP
     return ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--uts",
             *(["--net"] if network else []), "/bin/sh", "-c", setup, "container-setup", image.root, *argv]
 
@@ -367,7 +366,10 @@ def kill_container(proc):
     except FileNotFoundError:
         children = []
     for pid in children:
-        os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.kill()
     proc.wait(timeout=30)
 
