@@ -196,6 +196,11 @@ impl Acceptor {
             )
             .await
             {
+                Ok(crate::bounce::feedback::Outcome::Recorded { domain, .. }) => {
+                    if let Some(queue) = &self.queue {
+                        queue.feedback_recorded(&domain);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(queue_id = %message.id, rcpt = %r.address, error = %e, "cannot record a bounce or complaint")

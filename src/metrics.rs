@@ -11,6 +11,7 @@
 //! batch to be written and for the fsync that made it durable, and how many writes
 //! each batch held. Together they say whether the disk or the CPU limits acceptance.
 
+use crate::bounce::reputation::DomainReputation;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -224,9 +225,15 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the queue gauges read at scrape time:
-    /// `pending` recipients in the store and the delivery window's occupancy.
-    pub fn render(&self, pending: Option<usize>, queue_in_memory: Option<usize>) -> String {
+    /// The text exposition, with the gauges read at scrape time: `pending`
+    /// recipients in the store, the delivery window's occupancy, and the sending
+    /// domains' rates over the last 24 hours (`bounce::reputation`).
+    pub fn render(
+        &self,
+        pending: Option<usize>,
+        queue_in_memory: Option<usize>,
+        sending_domains: &BTreeMap<String, DomainReputation>,
+    ) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -265,6 +272,21 @@ impl Metrics {
             "outpost_queue_messages_in_memory",
             "gauge",
             "Messages in delivery's in-memory window.",
+        );
+        family(
+            "outpost_sending_domain_bounce_rate",
+            "gauge",
+            "Hard bounces (bad mailbox, no such domain) per recipient sent over the last 24 hours, by sending domain.",
+        );
+        family(
+            "outpost_sending_domain_complaint_rate",
+            "gauge",
+            "Feedback-loop complaints per recipient delivered over the last 24 hours, by sending domain.",
+        );
+        family(
+            "outpost_sending_domain_paused",
+            "gauge",
+            "1 while sending from the domain is paused (deliverability.pause_on_*, outpost domain pause).",
         );
         family(
             "outpost_delivery_latency_seconds",
@@ -319,6 +341,17 @@ impl Metrics {
         if let Some(n) = queue_in_memory {
             let _ = writeln!(out, "outpost_queue_messages_in_memory {n}");
         }
+        for (domain, r) in sending_domains {
+            let domain = escape_label(domain);
+            let paused = u8::from(r.paused_since.is_some());
+            let _ = writeln!(
+                out,
+                "outpost_sending_domain_bounce_rate{{domain=\"{domain}\"}} {}\n\
+                 outpost_sending_domain_complaint_rate{{domain=\"{domain}\"}} {}\n\
+                 outpost_sending_domain_paused{{domain=\"{domain}\"}} {paused}",
+                r.bounce_rate, r.complaint_rate
+            );
+        }
         self.latency.lock().expect("metrics lock").render(
             &mut out,
             "outpost_delivery_latency_seconds",
@@ -353,7 +386,7 @@ mod tests {
         let ms = Duration::from_millis;
         m.commit_stages().batch(3, &[ms(2), ms(30)], ms(1), ms(4));
         m.commit_stages().overlapped();
-        let text = m.render(Some(7), Some(3));
+        let text = m.render(Some(7), Some(3), &BTreeMap::new());
         for line in [
             "outpost_smtp_connections_total 2",
             "outpost_smtp_connections_open 1",

@@ -173,6 +173,7 @@ pub async fn apply(store: &dyn Store, u: &Unsubscription) -> Result<bool, StoreE
                 reply: None,
                 class: None,
                 asynchronous: false,
+                domain: None,
             }])
             .await?;
         tracing::info!(domain = %u.domain, address = %u.address, "unsubscribed");

@@ -24,7 +24,7 @@ pub struct EventView {
     /// The event id; also the paging cursor.
     pub id: i64,
     /// `accepted`, `delivered`, `deferred`, `bounced`, `suppressed`, `unsubscribed`,
-    /// `complained`.
+    /// `complained`; about a whole sending domain: `domain_paused`, `domain_resumed`.
     pub event: String,
     /// Unix ms.
     pub at: i64,
@@ -43,6 +43,10 @@ pub struct EventView {
     /// message's return path), rather than a reply during delivery.
     #[serde(rename = "async", default)]
     pub asynchronous: bool,
+    /// The sending domain of `domain_paused` and `domain_resumed` (their `reply`
+    /// says why); null for events about a recipient.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 impl From<Event> for EventView {
@@ -61,6 +65,7 @@ impl From<Event> for EventView {
             reply: e.reply,
             bounce_class: e.class,
             asynchronous: e.asynchronous,
+            domain: e.domain,
         }
     }
 }
@@ -141,7 +146,7 @@ pub(super) async fn events(
         return Err(ApiError::invalid("after", "must not be negative"));
     }
     let (events, next) = scan_events(ctx.store.as_ref(), after, limit, MAX_SCAN, |e| {
-        caller.owns(e.user.as_deref())
+        caller.sees(e)
     })
     .await?;
     Ok(Json(EventsPage {

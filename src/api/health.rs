@@ -3,6 +3,7 @@
 //! paths at a proxy, if they must not be public.
 
 use super::{ApiContext, ApiError, Ctx};
+use crate::bounce::reputation;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -41,11 +42,18 @@ pub(super) async fn metrics(ctx: Ctx) -> impl IntoResponse {
             None
         }
     };
+    let now = chrono::Utc::now().timestamp_millis();
+    let sending_domains = reputation::last_day(ctx.store.as_ref(), None, now)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "metrics: cannot read the sending domains' rates");
+            Default::default()
+        });
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        ctx.metrics.render(pending, in_memory),
+        ctx.metrics.render(pending, in_memory, &sending_domains),
     )
 }

@@ -247,6 +247,16 @@ impl Caller {
     pub fn owns(&self, user: Option<&str>) -> bool {
         self.0.admin || user == Some(self.0.name.as_str())
     }
+
+    /// Whether this caller may see `event`: one about its own mail, or about a
+    /// sending domain granted to it.
+    pub fn sees(&self, event: &crate::store::Event) -> bool {
+        self.owns(event.user.as_deref())
+            || event
+                .domain
+                .as_deref()
+                .is_some_and(|d| self.0.may_send_as(d))
+    }
 }
 
 impl FromRequestParts<Arc<ApiContext>> for Caller {

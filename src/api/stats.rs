@@ -1,6 +1,7 @@
 //! `GET /v1/stats?windows=1h,24h,7d`: event counts by kind and by recipient
 //! domain over the last hour, day and week (or the windows asked for), computed
-//! from the event log.
+//! from the event log; and each sending domain's bounce and complaint rates over
+//! the last 24 hours with its pause (`bounce::reputation`).
 //!
 //! The first event of a window is found by binary search over event ids (ids grow
 //! with time), so only the window itself is read, up to [`MAX_SCAN`] events; a
@@ -8,9 +9,10 @@
 
 use super::events::scan_events;
 use super::{ApiContext, ApiError, Caller, Ctx, QueryParams};
+use crate::bounce::reputation::{self, DomainReputation};
 use crate::config::Duration;
 use crate::smtp::Mailbox;
-use crate::store::Store;
+use crate::store::{DomainScope, Store};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,9 @@ pub struct Window {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stats {
     pub windows: Vec<Window>,
+    /// Each sending domain's reputation over the last 24 hours (the current hour
+    /// and the 23 before it), by domain; paused domains are listed even idle.
+    pub sending_domains: BTreeMap<String, DomainReputation>,
 }
 
 /// The cursor just before the first event at or after `since`.
@@ -83,7 +88,13 @@ pub(super) async fn stats(
 ) -> Result<Json<Stats>, ApiError> {
     let spec = q.windows.unwrap_or_else(|| DEFAULT_WINDOWS.into());
     Ok(Json(
-        compute(ctx.store.as_ref(), &spec, |user| caller.owns(user)).await?,
+        compute(
+            ctx.store.as_ref(),
+            &spec,
+            |user| caller.owns(user),
+            caller.0.domain_scope(),
+        )
+        .await?,
     ))
 }
 
@@ -91,12 +102,14 @@ pub(super) async fn stats(
 pub const DEFAULT_WINDOWS: &str = "1h,24h,7d";
 
 /// Event counts over the windows of `spec` (`1h,24h`), counting the events of the
-/// users `visible` accepts: the one computation behind `GET /v1/stats` and
-/// `outpost stats`, so both give the same numbers.
+/// users `visible` accepts, and the reputation of the sending domains in `scope`:
+/// the one computation behind `GET /v1/stats` and `outpost stats`, so both give
+/// the same numbers.
 pub async fn compute(
     store: &dyn Store,
     spec: &str,
     visible: impl Fn(Option<&str>) -> bool,
+    scope: DomainScope,
 ) -> Result<Stats, ApiError> {
     let windows = spec
         .split(',')
@@ -143,5 +156,8 @@ pub async fn compute(
         }
         out.push(window);
     }
-    Ok(Stats { windows: out })
+    Ok(Stats {
+        windows: out,
+        sending_domains: reputation::last_day(store, scope, now).await?,
+    })
 }

@@ -28,6 +28,11 @@ pub struct AuthenticatedUser {
 }
 
 impl AuthenticatedUser {
+    /// The sending domains whose data this user sees: `None` (all) for an admin.
+    pub fn domain_scope(&self) -> crate::store::DomainScope {
+        (!self.admin).then(|| self.domains.clone())
+    }
+
     /// SPEC §2: an address may be used only in a domain granted to the user
     /// (`user add NAME --domain D`); subdomains are not implied.
     pub fn may_send_as(&self, domain: &str) -> bool {

@@ -30,9 +30,11 @@ pub enum Outcome {
     Rejected(String),
     /// Recognised, and nothing to do (auto-reply, unreadable, no failed recipient).
     Ignored(ReportKind),
-    /// Events recorded for these recipients; `suppressed` those put on the list.
+    /// Events recorded for these recipients of mail from sending domain `domain`;
+    /// `suppressed` those put on the list.
     Recorded {
         kind: ReportKind,
+        domain: String,
         recipients: Vec<String>,
         suppressed: Vec<String>,
     },
@@ -89,6 +91,7 @@ pub async fn process(
             reply: Some(m.diagnostic.clone()).filter(|d| !d.is_empty()),
             class: Some(m.class.clone()),
             asynchronous: true,
+            domain: None,
         });
         if m.suppress && !domain.is_empty() {
             let added = store
@@ -109,6 +112,7 @@ pub async fn process(
     store.append_events(events).await?;
     Ok(Outcome::Recorded {
         kind: report.kind,
+        domain,
         recipients: matched.into_iter().map(|m| m.address).collect(),
         suppressed,
     })

@@ -13,6 +13,7 @@
 mod classify;
 pub mod feedback;
 mod parse;
+pub mod reputation;
 pub mod return_path;
 
 pub use classify::{BounceClass, Stage, Verdict, classify, enhanced_in, parse_reply_line};

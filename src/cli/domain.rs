@@ -1,13 +1,13 @@
 //! `outpost domain`: sending domains, their DKIM keys, the DNS records to publish
 //! and the check of what is published.
 
-use super::{domain_name, existing_store, open_store, resolver};
+use super::{domain_name, existing_store, local_time, open_store, resolver};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::config::Config;
 use outpost::diagnose::records::{self, Severity};
 use outpost::dns::Resolver;
-use outpost::store::{DomainStore, SendingDomain, SqliteStore};
+use outpost::store::{DomainPause, DomainStore, SendingDomain, SqliteStore};
 
 #[derive(Subcommand)]
 pub enum DomainCommand {
@@ -34,6 +34,16 @@ pub enum DomainCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop sending from a domain: its mail waits in the queue until it is resumed.
+    Pause {
+        domain: String,
+        /// Why, shown with the queued mail's status and in the event.
+        #[arg(long, default_value = "paused by the operator")]
+        reason: String,
+    },
+    /// Send from a paused domain again (paused by hand or for its bounce or
+    /// complaint rate); its queued mail is due at once.
+    Resume { domain: String },
 }
 
 async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
@@ -83,14 +93,57 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             if domains.is_empty() {
                 println!("no sending domains (add one: outpost domain add DOMAIN)");
             }
-            for d in domains {
+            let paused = store.paused_domains().await?;
+            for d in &domains {
                 let selectors: Vec<String> = d
                     .keys
                     .iter()
                     .map(|k| format!("{}:{}", k.algorithm.as_str(), k.selector))
                     .collect();
-                println!("{}\t{}", d.name, selectors.join(","));
+                let state = paused
+                    .iter()
+                    .find(|p| p.domain == d.name)
+                    .map_or_else(String::new, |p| {
+                        format!("\tPAUSED since {}: {}", local_time(p.since), p.reason)
+                    });
+                println!("{}\t{}{state}", d.name, selectors.join(","));
             }
+            // A domain need not be registered to send (or to be paused).
+            for p in paused
+                .iter()
+                .filter(|p| !domains.iter().any(|d| d.name == p.domain))
+            {
+                println!(
+                    "{}\t(not registered)\tPAUSED since {}: {}",
+                    p.domain,
+                    local_time(p.since),
+                    p.reason
+                );
+            }
+        }
+        DomainCommand::Pause { domain, reason } => {
+            let name = domain_name(&domain)?;
+            let pause = DomainPause {
+                domain: name.clone(),
+                since: chrono::Utc::now().timestamp_millis(),
+                reason,
+            };
+            if !store.pause_domain(pause).await? {
+                bail!("{name} is paused already (outpost domain list says why)");
+            }
+            println!(
+                "sending from {name} paused; its mail waits in the queue (outpost domain resume {name})"
+            );
+        }
+        DomainCommand::Resume { domain } => {
+            let name = domain_name(&domain)?;
+            if !store
+                .resume_domain(&name, chrono::Utc::now().timestamp_millis())
+                .await?
+            {
+                bail!("{name} is not paused");
+            }
+            println!("sending from {name} resumed; its queued mail is due now");
         }
         DomainCommand::Remove { domain } => {
             let name = domain_name(&domain)?;

@@ -84,6 +84,15 @@ fn shown(path: &Path) -> String {
 }
 
 /// A secret (password) from standard input, without its line ending.
+/// Unix ms as local time, to the second.
+pub fn local_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| {
+        t.with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    })
+}
+
 pub fn read_secret_from_stdin() -> Result<String> {
     let mut text = String::new();
     std::io::stdin()

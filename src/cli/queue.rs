@@ -1,6 +1,6 @@
 //! `outpost queue`: list, show, summarize, retry and delete queued mail.
 
-use super::existing_store;
+use super::{existing_store, local_time};
 use anyhow::Result;
 use anyhow::bail;
 use clap::Subcommand;
@@ -213,15 +213,6 @@ fn attempts(n: u32) -> String {
         1 => "1 attempt".into(),
         n => format!("{n} attempts"),
     }
-}
-
-/// Unix ms as local time, to the second.
-fn local_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| {
-        t.with_timezone(&chrono::Local)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string()
-    })
 }
 
 /// Unix ms relative to `now`: `in 4m`, `2h 5m ago`, `now`.

@@ -2,7 +2,7 @@
 //! numbers are computed by the same code as the API's `GET /v1/stats`, over every
 //! user's events (as an admin sees them).
 
-use super::existing_store;
+use super::{existing_store, local_time};
 use anyhow::Result;
 use outpost::api::{DEFAULT_WINDOWS, Window, compute_stats};
 use outpost::config::Config;
@@ -22,7 +22,7 @@ const KINDS: [&str; 5] = ["accepted", "delivered", "deferred", "bounced", "suppr
 
 pub async fn run(config: &Config, args: StatsArgs) -> Result<()> {
     let store = existing_store(config)?;
-    let stats = compute_stats(store.as_ref(), &args.windows, |_| true)
+    let stats = compute_stats(store.as_ref(), &args.windows, |_| true, None)
         .await
         .map_err(|e| anyhow::anyhow!("--windows: {e}"))?;
     if args.json {
@@ -43,6 +43,27 @@ pub async fn run(config: &Config, args: StatsArgs) -> Result<()> {
             "  {}{}",
             troubled_domains(w),
             if w.truncated { " (truncated)" } else { "" }
+        );
+    }
+    if !stats.sending_domains.is_empty() {
+        println!(
+            "\n{:<24} {:>9} {:>8} {:>6} {:>10} {:>8} {:>10}  last 24 hours",
+            "sending domain", "delivered", "bounced", "hard", "complaints", "bounce%", "complaint%"
+        );
+    }
+    for (domain, r) in &stats.sending_domains {
+        let state = match (&r.paused_since, &r.pause_reason) {
+            (Some(since), Some(reason)) => format!("PAUSED since {}: {reason}", local_time(*since)),
+            _ => "sending".into(),
+        };
+        println!(
+            "{domain:<24} {:>9} {:>8} {:>6} {:>10} {:>7.2}% {:>9.2}%  {state}",
+            r.delivered,
+            r.bounced,
+            r.hard_bounces,
+            r.complaints,
+            100.0 * r.bounce_rate,
+            100.0 * r.complaint_rate
         );
     }
     Ok(())

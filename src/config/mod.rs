@@ -363,11 +363,27 @@ pub struct DeliverabilityConfig {
     /// (`b-TOKEN@<return-path host>`) so that later bounces and complaints are
     /// matched to it. Default true.
     pub return_path: bool,
+    /// Pause a sending domain when its complaints over the last 24 hours pass
+    /// this fraction of its delivered mail. Default 0.003 (0.3%, the ceiling the
+    /// large mailbox providers publish); 0 never pauses.
+    pub pause_on_complaint_rate: f64,
+    /// Pause a sending domain when its hard bounces (bad mailbox, domain that
+    /// does not exist) over the last 24 hours pass this fraction of what it sent.
+    /// Default 0.05; 0 never pauses.
+    pub pause_on_bounce_rate: f64,
+    /// Rates are judged only once a domain has sent this many recipients in the
+    /// window, so that one complaint among ten messages pauses nothing. Default 1000.
+    pub pause_min_volume: u64,
 }
 
 impl Default for DeliverabilityConfig {
     fn default() -> Self {
-        DeliverabilityConfig { return_path: true }
+        DeliverabilityConfig {
+            return_path: true,
+            pause_on_complaint_rate: 0.003,
+            pause_on_bounce_rate: 0.05,
+            pause_min_volume: 1000,
+        }
     }
 }
 
@@ -525,6 +541,22 @@ impl Config {
             return invalid(
                 "auth.max_failures and auth.max_account_failures must be at least 1".into(),
             );
+        }
+        for (key, rate) in [
+            (
+                "deliverability.pause_on_complaint_rate",
+                self.deliverability.pause_on_complaint_rate,
+            ),
+            (
+                "deliverability.pause_on_bounce_rate",
+                self.deliverability.pause_on_bounce_rate,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return invalid(format!(
+                    "{key} must be a fraction between 0 and 1 (0.003 for 0.3%), not {rate}"
+                ));
+            }
         }
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());

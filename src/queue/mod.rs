@@ -22,20 +22,22 @@ mod retry;
 mod window;
 mod worker;
 
+use crate::bounce::reputation;
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::outbound::RemoteReply;
 use crate::outbound::TlsClient;
 use crate::smtp::{Domain, Mailbox};
 use crate::store::{
-    DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
+    DomainPause, DueMessage, DueRecipient, MessageSummary, NewMessage, QueueId, RecipientStatus,
     RecipientUpdate, Store,
 };
 use crate::unsubscribe::UnsubscribeKey;
 use destinations::Destinations;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OnceCell};
 use window::{Place, Window};
 use worker::Attempt;
@@ -46,6 +48,9 @@ const CLAIM_LEASE: Duration = Duration::from_secs(600);
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Most messages claimed by one scan.
 const SCAN_BATCH: usize = 1000;
+/// A sending domain's rates are judged at most this often, however many of its
+/// bounces and complaints come in.
+const JUDGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -116,6 +121,11 @@ pub(crate) struct Engine {
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub destinations: Destinations,
     wake_scanner: Notify,
+    /// Sending domains paused (`bounce::reputation`), as last read from the store
+    /// (where `outpost domain pause|resume` change them) or paused here.
+    paused: Mutex<HashMap<String, DomainPause>>,
+    /// Sending domains whose bounce or complaint rates may have changed.
+    reputation_changed: reputation::Changed,
 }
 
 /// What inbound holds to hand messages to the queue.
@@ -158,6 +168,12 @@ impl QueueHandle {
     /// Messages in the in-memory window now (a queue-depth gauge).
     pub fn in_memory(&self) -> usize {
         self.engine.config.delivery.max_messages_in_memory - self.engine.window.room()
+    }
+
+    /// A bounce email or complaint for mail of `sending_domain` was recorded: its
+    /// rates are judged again.
+    pub fn feedback_recorded(&self, sending_domain: &str) {
+        self.engine.reputation_changed.note(sending_domain);
     }
 }
 
@@ -226,8 +242,11 @@ pub fn start(
         held: Arc::new(Mutex::new(HashMap::new())),
         destinations: Destinations::default(),
         wake_scanner: Notify::new(),
+        paused: Mutex::new(HashMap::new()),
+        reputation_changed: reputation::Changed::default(),
     });
     tokio::spawn(engine.clone().scan_loop());
+    tokio::spawn(engine.clone().judge_reputations());
     QueueHandle { engine }
 }
 
@@ -257,8 +276,10 @@ impl Engine {
     /// Splits a message's recipients by domain into jobs and queues them. Recipients
     /// on the sending domain's suppression list are not sent to: they are recorded
     /// as `suppressed` with the reason (SPEC §5.4), so the sender sees the event.
+    /// Mail of a paused sending domain is deferred without being tried.
     async fn dispatch(self: &Arc<Self>, message: Arc<HeldMessage>, recipients: Vec<DueRecipient>) {
         let recipients = self.drop_suppressed(&message, recipients).await;
+        let paused = self.pause_reply(&message).await;
         let mut by_domain: Vec<(String, Vec<DueRecipient>)> = Vec::new();
         for r in recipients {
             let domain = r.address.domain().as_str();
@@ -268,6 +289,20 @@ impl Engine {
             }
         }
         for (domain, recipients) in by_domain {
+            if let Some(reply) = &paused {
+                // Deferred untried until the next retry, or until the domain is
+                // resumed (which makes its mail due at once).
+                let job = Job {
+                    message: message.clone(),
+                    destination: String::new(),
+                    domain,
+                    recipients,
+                };
+                let until = Instant::now() + self.config.delivery.retry[0].get();
+                let reply = reply.clone();
+                self.record(&job, Attempt::Skipped { reply, until }).await;
+                continue;
+            }
             let job = Job {
                 message: message.clone(),
                 destination: self.destination_key(&domain).await,
@@ -303,6 +338,69 @@ impl Engine {
                 format!("mx:{}", hosts.join(","))
             }
             _ => format!("domain:{domain}"),
+        }
+    }
+
+    /// The reply that defers mail of a paused sending domain, untried, if its
+    /// domain is paused.
+    async fn pause_reply(&self, message: &HeldMessage) -> Option<RemoteReply> {
+        let domain = message.sending_domain()?.as_str().to_ascii_lowercase();
+        if !self
+            .paused
+            .lock()
+            .expect("paused lock")
+            .contains_key(&domain)
+        {
+            return None;
+        }
+        // `outpost domain resume` makes the domain's mail due in the same commit
+        // that lifts the pause: the store has the last word, or mail claimed just
+        // after a resume would wait for its next retry.
+        self.refresh_paused().await;
+        let paused = self.paused.lock().expect("paused lock");
+        let pause = paused.get(&domain)?;
+        Some(RemoteReply::local(
+            451,
+            [4, 7, 1],
+            format!(
+                "sending from {domain} is paused: {} (outpost domain resume {domain})",
+                pause.reason
+            ),
+        ))
+    }
+
+    /// Reads the paused sending domains from the store, where another process
+    /// (`outpost domain pause|resume`) may have changed them.
+    async fn refresh_paused(&self) {
+        match self.store.paused_domains().await {
+            Ok(list) => {
+                *self.paused.lock().expect("paused lock") =
+                    list.into_iter().map(|p| (p.domain.clone(), p)).collect();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the paused sending domains"),
+        }
+    }
+
+    /// Judges the rates of the sending domains whose bounces or complaints came
+    /// in, and pauses those past their ceiling (`bounce::reputation`).
+    async fn judge_reputations(self: Arc<Self>) {
+        let config = &self.config.deliverability;
+        loop {
+            for domain in self.reputation_changed.take().await {
+                match reputation::judge(self.store.as_ref(), config, &domain, now_ms()).await {
+                    Ok(Some(pause)) => {
+                        self.paused
+                            .lock()
+                            .expect("paused lock")
+                            .insert(pause.domain.clone(), pause);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(%domain, error = %e, "cannot judge the sending domain's rates")
+                    }
+                }
+            }
+            tokio::time::sleep(JUDGE_INTERVAL).await;
         }
     }
 
@@ -370,6 +468,7 @@ impl Engine {
         });
         let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
         loop {
+            self.refresh_paused().await;
             // `outpost queue retry` runs in another process: its request lifts the
             // suspensions here too, or retried mail would be deferred untried.
             if let Ok(requested) = self.store.retry_requested_at().await

@@ -283,10 +283,14 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         log_attempt(job, &updates, remote, &path, attempted);
+        let bounced = updates.iter().any(|u| u.status == RecipientStatus::Bounced);
         self.commit(&job.message, updates).await;
         let Some(domain) = job.message.sending_domain() else {
             return;
         };
+        if bounced {
+            self.reputation_changed.note(domain.as_str());
+        }
         for (address, reply) in suppress {
             let suppression = Suppression {
                 domain: domain.to_string(),

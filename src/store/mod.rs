@@ -17,7 +17,7 @@
 //! | [`QueueStore`] | messages, envelopes, per-recipient delivery state, claims | `sqlite/queue.rs` |
 //! | [`EventStore`] | the ordered event log (`GET /v1/events`, webhooks) | `sqlite/events.rs` |
 //! | [`SuppressionStore`] | addresses not to send to, per sending domain | `sqlite/suppressions.rs` |
-//! | [`DomainStore`] | sending domains and their DKIM keys | `sqlite/accounts.rs` |
+//! | [`DomainStore`] | sending domains, their DKIM keys, paused domains | `sqlite/accounts.rs` |
 //! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `sqlite/accounts.rs` |
 //! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `sqlite/api_keys.rs` |
 //! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `sqlite/dashboard.rs` |
@@ -170,7 +170,8 @@ pub trait SuppressionStore: Send + Sync {
     ) -> StoreFuture<'_, Vec<Suppression>>;
 }
 
-/// Registered sending domains and their DKIM keys.
+/// Sending domains: the registered ones and their DKIM keys, and the paused ones
+/// (registered or not).
 pub trait DomainStore: Send + Sync {
     /// Registers a sending domain with its keys; `Conflict` if it exists.
     fn add_domain(&self, domain: SendingDomain) -> StoreFuture<'_, ()>;
@@ -178,6 +179,16 @@ pub trait DomainStore: Send + Sync {
     fn domains(&self) -> StoreFuture<'_, Vec<SendingDomain>>;
     /// False if there was no such domain.
     fn remove_domain(&self, name: &str) -> StoreFuture<'_, bool>;
+    /// Pauses sending from `pause.domain` and logs a `domain_paused` event at
+    /// `pause.since`, in one commit; false (and nothing logged) if it was paused
+    /// already.
+    fn pause_domain(&self, pause: DomainPause) -> StoreFuture<'_, bool>;
+    /// Lifts the pause of `domain`, logs a `domain_resumed` event and makes the
+    /// domain's pending recipients due at `now`, in one commit; false if it was not
+    /// paused.
+    fn resume_domain(&self, domain: &str, now: i64) -> StoreFuture<'_, bool>;
+    /// The paused sending domains, by name.
+    fn paused_domains(&self) -> StoreFuture<'_, Vec<DomainPause>>;
 }
 
 /// Users: their credentials, admin flag and the domains they may send as.

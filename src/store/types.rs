@@ -224,6 +224,12 @@ pub enum EventKind {
     Unsubscribed,
     /// A feedback-loop complaint (ARF) about a delivered message.
     Complained,
+    /// Sending from a domain stopped to protect its reputation (`bounce::reputation`).
+    #[serde(rename = "domain_paused")]
+    DomainPaused,
+    /// Sending from a paused domain allowed again.
+    #[serde(rename = "domain_resumed")]
+    DomainResumed,
 }
 
 impl EventKind {
@@ -236,6 +242,8 @@ impl EventKind {
             EventKind::Suppressed => "suppressed",
             EventKind::Unsubscribed => "unsubscribed",
             EventKind::Complained => "complained",
+            EventKind::DomainPaused => "domain_paused",
+            EventKind::DomainResumed => "domain_resumed",
         }
     }
 
@@ -248,6 +256,8 @@ impl EventKind {
             "suppressed" => EventKind::Suppressed,
             "unsubscribed" => EventKind::Unsubscribed,
             "complained" => EventKind::Complained,
+            "domain_paused" => EventKind::DomainPaused,
+            "domain_resumed" => EventKind::DomainResumed,
             _ => return None,
         })
     }
@@ -280,6 +290,9 @@ pub struct Event {
     /// Learnt after the delivery, from a bounce email or a complaint that came
     /// back to the message's return path.
     pub asynchronous: bool,
+    /// The sending domain an event about a whole domain concerns
+    /// (`domain_paused`, `domain_resumed`); none for events about a recipient.
+    pub domain: Option<String>,
 }
 
 /// An address that must not be mailed from one sending domain.
@@ -340,6 +353,18 @@ impl DkimAlgorithm {
             _ => None,
         }
     }
+}
+
+/// Sending from a domain stopped: its mail waits in the queue until the domain is
+/// resumed (`bounce::reputation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DomainPause {
+    /// The sending domain (lower case); it need not be registered.
+    pub domain: String,
+    /// Unix milliseconds.
+    pub since: i64,
+    /// Why, for people: the rate that passed its ceiling, or the operator's note.
+    pub reason: String,
 }
 
 /// A registered sending domain and its DKIM keys.

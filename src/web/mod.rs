@@ -188,7 +188,7 @@ impl Flash {
 
 /// Which sending domains a user sees: `None` for an admin (all).
 pub fn scope(user: &AuthenticatedUser) -> Option<Vec<String>> {
-    (!user.admin).then(|| user.domains.clone())
+    user.domain_scope()
 }
 
 /// Whether `user` may see data of `sending_domain`.

@@ -18,13 +18,14 @@ pub fn routes() -> Router<Arc<WebContext>> {
     Router::new().route("/", get(overview))
 }
 
-const OUTCOMES: [(&str, &str); 6] = [
+const OUTCOMES: [(&str, &str); 7] = [
     ("accepted", "Accepted"),
     ("delivered", "Delivered"),
     ("deferred", "Deferred"),
     ("bounced", "Bounced"),
     ("suppressed", "Suppressed"),
     ("unsubscribed", "Unsubscribed"),
+    ("complained", "Complaints"),
 ];
 const TOP: usize = 10;
 
@@ -168,6 +169,13 @@ async fn overview(
         })
         .collect();
     let suspended = suspended(&ctx);
+    let paused: Vec<Value> = store
+        .paused_domains()
+        .await?
+        .into_iter()
+        .filter(|p| sees(&viewer.user, &p.domain))
+        .map(|p| context! { domain => p.domain, since => time(p.since), reason => p.reason })
+        .collect();
     Ok(page(
         &viewer,
         "overview.html",
@@ -175,6 +183,7 @@ async fn overview(
         context! {
             period => period.key(), periods => Period::choices(), has_domains, stats,
             chart => chart::hourly(&t.bars), providers, bounce_classes, queue_size, suspended,
+            paused,
         },
     ))
 }

@@ -227,3 +227,203 @@ async fn bounces_complaints_and_auto_replies_come_back_to_the_return_path() {
             .any(|e| e.kind == EventKind::Bounced && e.recipient.as_deref() == Some(victim))
     );
 }
+
+/// What `/metrics` says of `client.example`: (complaint rate, bounce rate, paused).
+async fn reputation_metrics(running: &Running) -> (f64, f64, bool) {
+    let text = reqwest::get(format!("http://{}/metrics", running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| {
+        let prefix = format!("{name}{{domain=\"client.example\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    (
+        gauge("outpost_sending_domain_complaint_rate"),
+        gauge("outpost_sending_domain_bounce_rate"),
+        gauge("outpost_sending_domain_paused") == 1.0,
+    )
+}
+
+/// Runs `outpost domain ARGS` on the relay's store, as an operator would.
+fn domain_command(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let config = data_dir.join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("--config")
+        .arg(&config)
+        .arg("domain")
+        .args(args)
+        .output()
+        .expect("outpost runs")
+}
+
+#[tokio::test]
+async fn complaints_past_the_ceiling_pause_the_domain_until_it_is_resumed() {
+    let sink = SmtpSink::start_default().await;
+    let hooks = Hooks::default();
+    let url = hooks.start().await;
+    let (running, dir) = relay_to(
+        &sink,
+        &format!(r#"local_domains = ["{HOSTNAME}", "{RETURN_PATH_HOST}"]"#),
+        &format!(
+            "[deliverability]\npause_min_volume = 4\npause_on_complaint_rate = 0.3\n\
+             [[webhooks]]\nurl = \"{url}\"\nsecret = \"s\""
+        ),
+    )
+    .await;
+    let mut return_paths = Vec::new();
+    for n in 0..4 {
+        let rcpt = format!("reader{n}@remote.example");
+        return_paths.push((rcpt.clone(), delivered(&running, &sink, &rcpt).await));
+    }
+    // One complaint in four deliveries is 25%: under the ceiling. The second makes
+    // it 50%, and the pause's reason says which count crossed it.
+    for (rcpt, return_path) in &return_paths[..2] {
+        arrives(&running, return_path, &arf(return_path, rcpt)).await;
+    }
+    let pause = eventually("the domain paused", || async {
+        running
+            .store
+            .paused_domains()
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(pause.domain, "client.example");
+    assert!(
+        pause
+            .reason
+            .contains("complaint rate 50.00% (2 complaints for 4 delivered"),
+        "{}",
+        pause.reason
+    );
+    let (complaint_rate, bounce_rate, paused) = reputation_metrics(&running).await;
+    assert_eq!((complaint_rate, bounce_rate, paused), (0.5, 0.0, true));
+    let hook = eventually("the domain_paused webhook", || async {
+        hooks
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "domain_paused")
+    })
+    .await;
+    assert_eq!(hook["domain"], "client.example");
+
+    // Mail sent meanwhile waits, untried, with the reason as its status.
+    let waiting = "later@remote.example";
+    let id = send(
+        &running,
+        CLIENT_SENDER,
+        &[waiting],
+        b"Subject: next\r\n\r\nhello\r\n",
+    )
+    .await;
+    let reply = eventually("the message deferred for the pause", || async {
+        let r = running
+            .store
+            .message(&id)
+            .await
+            .unwrap()?
+            .recipients
+            .remove(0);
+        (r.status == RecipientStatus::Deferred).then_some(r.last_reply?)
+    })
+    .await;
+    assert!(
+        reply.starts_with("451 4.7.1 sending from client.example is paused: complaint rate"),
+        "{reply}"
+    );
+    assert!(!sink.messages().iter().any(|m| m.rcpt_to == [waiting]));
+
+    // The operator's command, in another process, resumes it: the mail goes now
+    // (its next retry would be a minute away).
+    let out = domain_command(dir.path(), &["resume", "client.example"]);
+    assert!(out.status.success(), "{out:?}");
+    eventually("the waiting message delivered", || async {
+        let r = running
+            .store
+            .message(&id)
+            .await
+            .unwrap()?
+            .recipients
+            .remove(0);
+        (r.status == RecipientStatus::Delivered).then_some(())
+    })
+    .await;
+    assert!(!reputation_metrics(&running).await.2, "no longer paused");
+    let out = domain_command(dir.path(), &["resume", "client.example"]);
+    assert!(!out.status.success(), "resuming twice is an error");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("client.example is not paused"),
+        "{out:?}"
+    );
+    assert!(events(&running).await.iter().any(
+        |e| e.kind == EventKind::DomainResumed && e.domain.as_deref() == Some("client.example")
+    ));
+}
+
+#[tokio::test]
+async fn hard_bounces_past_the_ceiling_pause_the_domain() {
+    let sink = SmtpSink::builder()
+        .rcpt_reply(
+            "nobody",
+            "550 5.1.1 <nobody@remote.example>: Recipient address rejected: User unknown",
+        )
+        .start()
+        .await;
+    let (running, _dir) = relay_to(
+        &sink,
+        "",
+        "[deliverability]\npause_min_volume = 3\npause_on_bounce_rate = 0.5",
+    )
+    .await;
+    let id = send(
+        &running,
+        CLIENT_SENDER,
+        &[
+            "reader@remote.example",
+            "nobody1@remote.example",
+            "nobody2@remote.example",
+        ],
+        b"Subject: list\r\n\r\nhello\r\n",
+    )
+    .await;
+    let pause = eventually("the domain paused", || async {
+        running
+            .store
+            .paused_domains()
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        pause
+            .reason
+            .contains("hard bounce rate 66.67% (2 bad addresses of 3 sent"),
+        "{}",
+        pause.reason
+    );
+    let summary = running.store.message(&id).await.unwrap().unwrap();
+    assert_eq!(summary.recipients[0].status, RecipientStatus::Delivered);
+    let (_, bounce_rate, paused) = reputation_metrics(&running).await;
+    assert!(
+        paused && (bounce_rate - 2.0 / 3.0).abs() < 1e-9,
+        "{bounce_rate}"
+    );
+}

@@ -43,7 +43,16 @@ async fn overview_messages_and_message_page_show_what_happened() {
     let by_id = alice.get(&format!("/messages?q={id}")).await;
     by_id.assert_contains(&format!("/messages/{id}"));
 
-    let message = alice.get(&format!("/messages/{id}")).await;
+    // The bounce report goes out (and the content is dropped) just after the
+    // last outcome is recorded: the page says "being sent" until then.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    let message = loop {
+        let page = alice.get(&format!("/messages/{id}")).await;
+        if page.body.contains("bounce report was sent") || tokio::time::Instant::now() > end {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(message.status, 200);
     message
         .assert_contains("Spring newsletter")

@@ -1,6 +1,7 @@
 //! [`DomainStore`] and [`AccountStore`] on SQLite: sending domains with their DKIM
 //! keys, and users with the domains they may send as.
 
+use super::events::insert_event;
 use super::{SqliteStore, backend, changes_rows};
 use crate::store::*;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -93,6 +94,86 @@ impl DomainStore for SqliteStore {
             changes_rows(conn, "DELETE FROM sending_domains WHERE name = ?1", [name])
         }))
     }
+
+    fn pause_domain(&self, pause: DomainPause) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |conn| {
+            let domain = pause.domain.to_ascii_lowercase();
+            let paused = changes_rows(
+                conn,
+                "INSERT OR IGNORE INTO domain_pauses (domain, since, reason) VALUES (?1, ?2, ?3)",
+                params![domain, pause.since, pause.reason],
+            )?;
+            if paused {
+                insert_event(
+                    conn,
+                    &domain_event(EventKind::DomainPaused, domain, pause.since, pause.reason),
+                )
+                .map_err(backend)?;
+            }
+            Ok(paused)
+        }))
+    }
+
+    fn resume_domain(&self, domain: &str, now: i64) -> StoreFuture<'_, bool> {
+        let domain = domain.to_ascii_lowercase();
+        Box::pin(self.write(move |conn| {
+            let resumed = changes_rows(
+                conn,
+                "DELETE FROM domain_pauses WHERE domain = ?1",
+                [&domain],
+            )?;
+            if !resumed {
+                return Ok(false);
+            }
+            // As `retry_now` does for one message: its mail waited only for the
+            // pause, so it goes now rather than at its next retry.
+            let due = conn
+                .execute(
+                    "UPDATE recipients SET next_attempt = ?2
+                     WHERE status IN ('queued', 'deferred') AND next_attempt > ?2
+                     AND message_id IN (SELECT id FROM message_info WHERE sending_domain = ?1)",
+                    params![domain, now],
+                )
+                .map_err(backend)?;
+            let note = format!("{due} recipient(s) made due");
+            insert_event(
+                conn,
+                &domain_event(EventKind::DomainResumed, domain, now, note),
+            )
+            .map_err(backend)?;
+            Ok(true)
+        }))
+    }
+
+    fn paused_domains(&self) -> StoreFuture<'_, Vec<DomainPause>> {
+        Box::pin(self.read(|conn| {
+            conn.prepare_cached("SELECT domain, since, reason FROM domain_pauses ORDER BY domain")?
+                .query_map([], |row| {
+                    Ok(DomainPause {
+                        domain: row.get(0)?,
+                        since: row.get(1)?,
+                        reason: row.get(2)?,
+                    })
+                })?
+                .collect()
+        }))
+    }
+}
+
+/// An event about a whole sending domain.
+fn domain_event(kind: EventKind, domain: String, at: i64, reply: String) -> Event {
+    Event {
+        id: 0,
+        at,
+        kind,
+        message_id: None,
+        recipient: None,
+        user: None,
+        reply: Some(reply),
+        class: None,
+        asynchronous: false,
+        domain: Some(domain),
+    }
 }
 
 impl AccountStore for SqliteStore {
@@ -158,5 +239,68 @@ impl AccountStore for SqliteStore {
                 [name, hash],
             )
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_message as message;
+    use crate::store::*;
+
+    #[tokio::test]
+    async fn pausing_and_resuming_a_domain_is_logged_and_frees_its_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let mut msg = message(&["a@x.example"]);
+        msg.first_attempt_at = 50_000;
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let pause = DomainPause {
+            domain: "Example.COM".into(),
+            since: 10,
+            reason: "complaint rate 0.50%".into(),
+        };
+        assert!(store.pause_domain(pause.clone()).await.unwrap());
+        assert!(!store.pause_domain(pause).await.unwrap(), "paused already");
+        assert_eq!(
+            store.paused_domains().await.unwrap(),
+            vec![DomainPause {
+                domain: "example.com".into(),
+                since: 10,
+                reason: "complaint rate 0.50%".into(),
+            }]
+        );
+        assert!(store.claim_due(20, 30, 10).await.unwrap().is_empty());
+        assert!(store.resume_domain("example.com", 20).await.unwrap());
+        assert!(!store.resume_domain("example.com", 21).await.unwrap());
+        assert!(store.paused_domains().await.unwrap().is_empty());
+        let due = store.claim_due(20, 30, 10).await.unwrap();
+        assert_eq!(due.len(), 1, "the domain's mail is due at resume");
+        assert_eq!(due[0].id, id);
+        let events: Vec<_> = store
+            .events(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.domain.is_some())
+            .map(|e| (e.kind, e.at, e.domain.unwrap(), e.reply.unwrap()))
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                (
+                    EventKind::DomainPaused,
+                    10,
+                    "example.com".to_string(),
+                    "complaint rate 0.50%".to_string()
+                ),
+                (
+                    EventKind::DomainResumed,
+                    20,
+                    "example.com".to_string(),
+                    "1 recipient(s) made due".to_string()
+                ),
+            ]
+        );
     }
 }

@@ -11,7 +11,8 @@ use super::SqliteStore;
 use super::queue::load_summaries;
 use crate::store::dashboard::*;
 use crate::store::{
-    NewMessage, QueueId, RecipientStatus, RecipientUpdate, StoreFuture, Suppression,
+    Event, EventKind, NewMessage, QueueId, RecipientStatus, RecipientUpdate, StoreFuture,
+    Suppression,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -152,6 +153,24 @@ pub(super) fn record_enqueue(conn: &Connection, message: &NewMessage) -> rusqlit
     Ok(())
 }
 
+/// The sending domain of a stored message; none if the message is not stored.
+fn sending_domain(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT COALESCE(i.sending_domain, '') , m.mail_from FROM messages m
+         LEFT JOIN message_info i ON i.id = m.id WHERE m.id = ?1",
+    )?
+    .query_row([id], |row| {
+        let info: String = row.get(0)?;
+        let from: String = row.get(1)?;
+        Ok(if info.is_empty() {
+            domain_of(&from)
+        } else {
+            info
+        })
+    })
+    .optional()
+}
+
 /// At `record_attempt`: one attempt row per update, and the counters of outcomes
 /// that were tried (a deferral without trying, for a suspended destination, is
 /// not an attempt).
@@ -161,22 +180,7 @@ pub(super) fn record_attempts(
     updates: &[RecipientUpdate],
     at: i64,
 ) -> rusqlite::Result<()> {
-    let Some(sending_domain) = conn
-        .prepare_cached(
-            "SELECT COALESCE(i.sending_domain, '') , m.mail_from FROM messages m
-             LEFT JOIN message_info i ON i.id = m.id WHERE m.id = ?1",
-        )?
-        .query_row([id], |row| {
-            let info: String = row.get(0)?;
-            let from: String = row.get(1)?;
-            Ok(if info.is_empty() {
-                domain_of(&from)
-            } else {
-                info
-            })
-        })
-        .optional()?
-    else {
+    let Some(sending_domain) = sending_domain(conn, id)? else {
         return Ok(());
     };
     let mut insert = conn.prepare_cached(
@@ -249,6 +253,29 @@ pub(super) fn record_suppression(conn: &Connection, s: &Suppression) -> rusqlite
         )?;
     }
     Ok(())
+}
+
+/// At `append_events`: a bounce or complaint that came back after delivery is
+/// counted for its message's sending domain, with no provider (it came by mail, not
+/// from an MX host's reply). Its recipient was counted `delivered` before.
+pub(super) fn record_feedback(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+    let outcome = match e.kind {
+        EventKind::Bounced => "bounced",
+        EventKind::Complained => "complained",
+        _ => return Ok(()),
+    };
+    let Some(id) = e.message_id.as_ref().filter(|_| e.asynchronous) else {
+        return Ok(());
+    };
+    let Some(sending_domain) = sending_domain(conn, id.as_str())? else {
+        return Ok(());
+    };
+    let class = if outcome == "bounced" {
+        e.class.as_deref().unwrap_or("")
+    } else {
+        ""
+    };
+    bump(conn, e.at, &sending_domain, "", outcome, class, 1)
 }
 
 /// `AND <column> IN (?, ?, ...)` for a scope, with its parameters appended.
@@ -546,6 +573,57 @@ mod tests {
         );
         assert_eq!(fts_query(" a  \"b ").unwrap(), "\"a\" \"\"\"b\"*");
         assert_eq!(fts_query("  "), None);
+    }
+
+    #[tokio::test]
+    async fn bounces_and_complaints_by_email_are_counted_for_the_sending_domain() {
+        use crate::store::{DashboardStore, EventStore, QueueStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = super::super::test_message(&["a@x.example", "b@x.example"]);
+        let id = msg.id.clone();
+        store.enqueue(msg).await.unwrap();
+        let event = |kind, asynchronous, class: Option<&str>| Event {
+            id: 0,
+            at: 7_200_000,
+            kind,
+            message_id: Some(id.clone()),
+            recipient: Some("a@x.example".into()),
+            user: None,
+            reply: None,
+            class: class.map(str::to_string),
+            asynchronous,
+            domain: None,
+        };
+        store
+            .append_events(vec![
+                event(EventKind::Complained, true, None),
+                event(EventKind::Bounced, true, Some("bad-mailbox")),
+                // Not learnt by email: its counter was written with its attempt.
+                event(EventKind::Bounced, false, Some("bad-mailbox")),
+            ])
+            .await
+            .unwrap();
+        let mut rows: Vec<_> = store
+            .counters(None, 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.sending_domain, r.outcome, r.class, r.count))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "example.com".into(),
+                    "bounced".into(),
+                    "bad-mailbox".into(),
+                    1
+                ),
+                ("example.com".into(), "complained".into(), String::new(), 1),
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use rusqlite::{Connection, params};
 
 pub(super) fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO events (at, kind, message_id, recipient, user, reply, class, asynchronous) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO events (at, kind, message_id, recipient, user, reply, class, asynchronous, domain)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         e.at,
@@ -16,7 +17,8 @@ pub(super) fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()>
         e.user,
         e.reply,
         e.class,
-        e.asynchronous
+        e.asynchronous,
+        e.domain
     ])?;
     Ok(())
 }
@@ -25,7 +27,7 @@ impl EventStore for SqliteStore {
     fn events(&self, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>> {
         Box::pin(self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT id, at, kind, message_id, recipient, user, reply, class, asynchronous FROM events
+                "SELECT id, at, kind, message_id, recipient, user, reply, class, asynchronous, domain FROM events
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?
             .query_map(params![after, limit as i64], |row| {
@@ -40,6 +42,7 @@ impl EventStore for SqliteStore {
                     reply: row.get(6)?,
                     class: row.get(7)?,
                     asynchronous: row.get(8)?,
+                    domain: row.get(9)?,
                 })
             })?
             .collect()
@@ -50,7 +53,10 @@ impl EventStore for SqliteStore {
         Box::pin(self.write(move |conn| {
             events
                 .iter()
-                .try_for_each(|e| insert_event(conn, e))
+                .try_for_each(|e| {
+                    insert_event(conn, e)?;
+                    super::dashboard::record_feedback(conn, e)
+                })
                 .map_err(backend)
         }))
     }

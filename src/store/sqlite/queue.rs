@@ -230,6 +230,7 @@ impl QueueStore for SqliteStore {
                         reply: None,
                         class: None,
                         asynchronous: false,
+                        domain: None,
                     },
                 )
                 .map_err(backend)?;
@@ -338,6 +339,7 @@ impl QueueStore for SqliteStore {
                         reply: Some(u.reply.clone()),
                         class: u.class.clone(),
                         asynchronous: false,
+                        domain: None,
                     };
                     insert_event(conn, &event).map_err(backend)?;
                 }

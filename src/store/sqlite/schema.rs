@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS events (
     user TEXT,
     reply TEXT,
     class TEXT,
-    asynchronous INTEGER NOT NULL DEFAULT 0
+    asynchronous INTEGER NOT NULL DEFAULT 0,
+    domain TEXT
 );
 CREATE TABLE IF NOT EXISTS suppressions (
     domain TEXT NOT NULL,
@@ -81,6 +82,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user);
+CREATE TABLE IF NOT EXISTS domain_pauses (
+    domain TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 ";
 
 /// Brings a database made by an older version up to the current schema.
@@ -99,6 +105,9 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "ALTER TABLE events ADD COLUMN asynchronous INTEGER NOT NULL DEFAULT 0",
         )?;
+    }
+    if !has("events", "domain")? {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN domain TEXT")?;
     }
     if !has("recipients", "last_attempt")? {
         conn.execute_batch("ALTER TABLE recipients ADD COLUMN last_attempt INTEGER")?;
@@ -125,7 +134,8 @@ mod tests {
         let old = SCHEMA
             .replace("    last_class TEXT,\n", "")
             .replace("    last_attempt INTEGER,\n", "")
-            .replace(",\n    finished INTEGER NOT NULL DEFAULT 0", "");
+            .replace(",\n    finished INTEGER NOT NULL DEFAULT 0", "")
+            .replace(",\n    domain TEXT\n", "\n");
         assert_ne!(old, SCHEMA);
         Connection::open(dir.path().join("outpost.db"))
             .unwrap()
