@@ -7,7 +7,8 @@
 //! message and hand-written indexes; SQLite's WAL gives one sequential fsync per
 //! commit instead.
 //!
-//! Writes go through one group-commit writer thread (`writer.rs`); reads run on a
+//! Writes go through one group-commit writer thread (`writer.rs`), and WAL
+//! checkpoints run on a thread of their own beside it (`checkpoint.rs`); reads run on a
 //! small pool of read-only connections in `spawn_blocking` here; WAL lets them
 //! proceed while the writer commits. Each role of the store (see `store/mod.rs`)
 //! is implemented in its own file: `queue.rs`, `events.rs`, `suppressions.rs`,
@@ -16,6 +17,7 @@
 
 mod accounts;
 mod api_keys;
+mod checkpoint;
 mod dashboard;
 mod events;
 mod queue;
@@ -69,7 +71,7 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 32768;",
+             PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(backend)?;
         conn.execute_batch(schema::SCHEMA).map_err(backend)?;
@@ -77,7 +79,7 @@ impl SqliteStore {
         schema::migrate(&conn).map_err(backend)?;
         dashboard::migrate(&conn).map_err(backend)?;
         Ok(Arc::new(SqliteStore {
-            jobs: writer::start(conn, max_batch, stages)?,
+            jobs: writer::start(conn, max_batch, stages, checkpoint::start(&path)?)?,
             path,
             readers: Mutex::new(Vec::new()),
             reader_slots: tokio::sync::Semaphore::new(MAX_READERS),

@@ -8,6 +8,7 @@
 //! waiting for its batch to begin, running the batch's writes, and the COMMIT
 //! (writing the WAL frames and the fsync).
 
+use super::checkpoint::{Commits, note_commit};
 use super::{SqliteStore, backend};
 use crate::metrics::CommitStages;
 use crate::store::{StoreError, StoreResult};
@@ -66,11 +67,12 @@ pub(super) fn start(
     conn: Connection,
     max_batch: usize,
     stages: Arc<CommitStages>,
+    checkpoints: Commits,
 ) -> StoreResult<Jobs> {
     let (jobs, rx) = mpsc::channel::<Queued>();
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(conn, rx, max_batch, &stages))
+        .spawn(move || writer_loop(conn, rx, max_batch, &stages, &checkpoints))
         .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
     Ok(jobs)
 }
@@ -116,6 +118,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Queued>,
     max_batch: usize,
     stages: &CommitStages,
+    checkpoints: &Commits,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -150,6 +153,7 @@ fn writer_loop(
             Ok(()) => {
                 stages.batch(writes, &accept_waits, written - begun, written.elapsed());
                 completions.into_iter().for_each(|c| c(Ok(())));
+                note_commit(checkpoints);
             }
             Err(e) => {
                 tracing::error!(error = %e, writes = completions.len(), "store commit failed");
