@@ -4,8 +4,7 @@
 Each file is a `/metrics` scrape of Outpost taken at the end of a bench run (compare.sh
 and latency.sh save one as `metrics.txt` in the run's directory). Prints, per file and
 stage (wait for a batch, write, fsync), the count, the mean, and the bucket bounds
-holding the median and the 99th percentile, then the mean batch size and how many
-batches overlapped the fsync of the one before.
+holding the median and the 99th percentile, then the mean batch size.
 """
 import re
 import sys
@@ -55,7 +54,7 @@ def main(paths):
     print('| run | stage | count | mean ms | p50 <= ms | p99 <= ms |')
     print('|---|---|---|---|---|---|')
     for path in paths:
-        hist, plain = parse(path)
+        hist, _ = parse(path)
         for stage in ('wait', 'write', 'fsync'):
             h = hist.get(('outpost_accept_stage_seconds', stage))
             if not h or not h['count']:
@@ -64,9 +63,8 @@ def main(paths):
                   f"| {ms(quantile_bound(h, 0.5))} | {ms(quantile_bound(h, 0.99))} |")
         b = hist.get(('outpost_store_batch_writes', ''))
         if b and b['count']:
-            overlapped = plain.get('outpost_store_batches_overlapped_total', 0)
             print(f"| {path} | batch | {b['count']:.0f} batches | mean {b['sum'] / b['count']:.1f} writes "
-                  f"| p50 <= {quantile_bound(b, 0.5):g} | overlapped {overlapped:.0f} |")
+                  f"| p50 <= {quantile_bound(b, 0.5):g} | |")
 
 
 if __name__ == '__main__':

@@ -106,14 +106,11 @@ impl Default for Histogram<{ LATENCY_BUCKETS.len() }> {
 /// Where the store's group commit spends an acceptance's time, and how large its
 /// batches are. The store observes; [`Metrics::render`] reports.
 pub struct CommitStages {
-    /// Per acceptance: waiting for a batch to begin, writing the batch, and from the
-    /// end of the write to the end of the fsync that made it durable (including
-    /// any wait for the fsync of the batch before).
+    /// Per acceptance: waiting for a batch to begin, writing the batch, and its
+    /// COMMIT (the WAL frames written and fsynced).
     stages: Mutex<[Histogram<{ STAGE_BUCKETS.len() }>; 3]>,
     /// Writes per commit, acceptances or not.
     batch: Mutex<Histogram<{ BATCH_BUCKETS.len() }>>,
-    /// Batches written while the previous batch's fsync was still running.
-    overlapped: AtomicU64,
 }
 
 impl Default for CommitStages {
@@ -121,7 +118,6 @@ impl Default for CommitStages {
         CommitStages {
             stages: Mutex::new([const { Histogram::new(&STAGE_BUCKETS) }; 3]),
             batch: Mutex::new(Histogram::new(&BATCH_BUCKETS)),
-            overlapped: AtomicU64::new(0),
         }
     }
 }
@@ -152,11 +148,6 @@ impl CommitStages {
         }
     }
 
-    /// Counts a batch written while the previous one was being fsynced.
-    pub fn overlapped(&self) {
-        self.overlapped.fetch_add(1, Ordering::Relaxed);
-    }
-
     fn render(&self, out: &mut String) {
         let stages = self.stages.lock().expect("metrics lock");
         for (stage, h) in STAGES.iter().zip(stages.iter()) {
@@ -167,11 +158,6 @@ impl CommitStages {
             .lock()
             .expect("metrics lock")
             .render(out, "outpost_store_batch_writes", None);
-        let _ = writeln!(
-            out,
-            "outpost_store_batches_overlapped_total {}",
-            self.overlapped.load(Ordering::Relaxed)
-        );
     }
 }
 
@@ -296,17 +282,12 @@ impl Metrics {
         family(
             "outpost_accept_stage_seconds",
             "histogram",
-            "Time an accepted message spent in each stage of the store's group commit: waiting for a batch, writing the batch, fsync (including waiting for the previous batch's fsync).",
+            "Time an accepted message spent in each stage of the store's group commit: waiting for a batch, writing the batch, and its COMMIT (writing the WAL frames and the fsync).",
         );
         family(
             "outpost_store_batch_writes",
             "histogram",
             "Writes per store commit (group commit batch size).",
-        );
-        family(
-            "outpost_store_batches_overlapped_total",
-            "counter",
-            "Store batches written while the previous batch was being fsynced.",
         );
         // The HELP/TYPE lines above are grouped for reading; samples follow.
         let _ = writeln!(
@@ -385,7 +366,6 @@ mod tests {
         m.delivery("bounced", "y.\"example", None);
         let ms = Duration::from_millis;
         m.commit_stages().batch(3, &[ms(2), ms(30)], ms(1), ms(4));
-        m.commit_stages().overlapped();
         let text = m.render(Some(7), Some(3), &BTreeMap::new());
         for line in [
             "outpost_smtp_connections_total 2",
@@ -409,7 +389,6 @@ mod tests {
             "outpost_store_batch_writes_bucket{le=\"2\"} 0",
             "outpost_store_batch_writes_bucket{le=\"4\"} 1",
             "outpost_store_batch_writes_sum 3",
-            "outpost_store_batches_overlapped_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

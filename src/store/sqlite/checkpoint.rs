@@ -97,3 +97,32 @@ fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_message as message;
+    use crate::store::{QueueStore, SqliteStore};
+    use std::time::{Duration, Instant};
+
+    /// The writer never checkpoints (`wal_autocheckpoint = 0`): the database file
+    /// grows only if this thread copies the WAL into it.
+    #[tokio::test]
+    async fn the_wal_is_copied_into_the_database_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let db = SqliteStore::database_path(dir.path());
+        let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut written = 0;
+        while size() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint after {written} commits"
+            );
+            store.enqueue(message(&["x@example.net"])).await.unwrap();
+            written += 1;
+        }
+        assert_eq!(store.queued_messages(100_000).await.unwrap().len(), written);
+    }
+}
