@@ -217,11 +217,20 @@ fn cut_at_original(text: &str) -> &str {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let lower = line.to_ascii_lowercase();
+        // A marker heads its line ("------ This is a copy of the message",
+        // "Original mail as follows:"), not the end of a sentence: Postfix's
+        // notice says "delete your own text from the attached returned message"
+        // above the recipients.
+        let heads = |m: &&str| {
+            lower
+                .find(*m)
+                .is_some_and(|at| lower[..at].split_whitespace().count() <= 2)
+        };
         // "The original message was received at …" opens Sendmail's reports.
         let opening = lower
             .trim_start()
             .starts_with("the original message was received");
-        if !opening && ORIGINAL_MARKERS.iter().any(|m| lower.contains(m)) && offset > 0 {
+        if !opening && ORIGINAL_MARKERS.iter().any(heads) && offset > 0 {
             return &text[..offset];
         }
         offset += line.len();
@@ -369,7 +378,16 @@ fn recipient(
     if stage == Stage::Unknown {
         stage = Stage::named_in(&near(text, &address));
     }
-    let verdict = classify(code, enhanced, &reply_text, stage);
+    let mut verdict = classify(code, enhanced, &reply_text, stage);
+    if verdict.suppress && names_only_others(&diagnostic, &address) {
+        // A report whose reply is about another address (a forwarding hop's,
+        // a mixed-up report's) is no evidence about this one.
+        verdict.suppress = false;
+        verdict.why = format!(
+            "{}, but the reply names another address than {address}: not suppressed",
+            verdict.why
+        );
+    }
     ReportRecipient {
         address,
         status: status.map(|[a, b, c]| format!("{a}.{b}.{c}")),
@@ -382,13 +400,20 @@ fn recipient(
     }
 }
 
-/// The part of `text` about `address`: from its first mention to the next blank
-/// line that is followed by another address, capped.
+/// True when `diagnostic` names addresses and `address` is not among them.
+fn names_only_others(diagnostic: &str, address: &str) -> bool {
+    let named = addresses_in(diagnostic);
+    !named.is_empty() && !named.iter().any(|a| a.eq_ignore_ascii_case(address))
+}
+
+/// The part of `text` about `address`: from the start of the line of its first
+/// mention (a transcript's `>>> RCPT To:<a@b>`), capped.
 fn near(text: &str, address: &str) -> String {
     let lower = text.to_ascii_lowercase();
-    let Some(start) = lower.find(&address.to_ascii_lowercase()) else {
+    let Some(found) = lower.find(&address.to_ascii_lowercase()) else {
         return String::new();
     };
+    let start = lower[..found].rfind('\n').map_or(0, |i| i + 1);
     let end = (start + 2000).min(text.len());
     let end = (end..=text.len())
         .find(|&i| text.is_char_boundary(i))
@@ -861,6 +886,51 @@ mod tests {
                 ("bad@x.example", "bad-mailbox", true),
                 ("full@x.example", "mailbox-full", false)
             ]
+        );
+    }
+
+    #[test]
+    fn the_stage_of_a_transcript_and_whose_reply_it_is() {
+        // "No such user" is evidence only where the transcript shows it answered
+        // RCPT for this address.
+        let transcript = "From: MAILER-DAEMON@mx.a.example\r\nTo: s@a.example\r\nSubject: Returned mail\r\n\r\n\
+            ----- Transcript of session follows -----\r\nWhile talking to mx.b.example:\r\n\
+            >>> RCPT To:<bad@b.example>\r\n<<< 550 Requested action not taken: no such user here\r\n\r\n\
+            ----- Unsent message follows -----\r\nTo: bad@b.example\r\nSubject: hi\r\n\r\nbody\r\n";
+        let report = parse(transcript.as_bytes());
+        let r = &report.recipients[0];
+        assert_eq!(
+            (r.address.as_str(), r.stage, r.class.as_str(), r.suppress),
+            ("bad@b.example", Stage::Rcpt, "bad-mailbox", true),
+            "{}",
+            r.why
+        );
+        // Postfix's notice speaks of "the attached returned message" above the
+        // recipients; the copy of the message begins further down.
+        let postfix = "From: MAILER-DAEMON@mx.a.example\r\nTo: s@a.example\r\nSubject: x\r\n\
+            MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+            --b\r\nContent-Type: text/plain\r\n\r\nIf you do so, please include this problem report. You can\r\n\
+            delete your own text from the attached returned message.\r\n\r\n\
+            <bad@b.example>: host mx.b.example[192.0.2.1] said: 550 User not found\r\n\
+            \x20   (in reply to RCPT TO command)\r\n\
+            --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.a.example\r\n\r\n\
+            Final-Recipient: rfc822; bad@b.example\r\nAction: failed\r\nStatus: 5.0.0\r\n\
+            Diagnostic-Code: smtp; 550 User not found\r\n\r\n--b--\r\n";
+        let r = &parse(postfix.as_bytes()).recipients[0];
+        assert_eq!((r.stage, r.suppress), (Stage::Rcpt, true), "{}", r.why);
+        // A report whose reply is about another address says nothing about this one.
+        let mixed = "From: MAILER-DAEMON@relay.test\r\nTo: s@a.example\r\nSubject: x\r\n\
+            MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+            --b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n\
+            --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.test\r\n\r\n\
+            Final-Recipient: rfc822; kept@x.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+            Diagnostic-Code: smtp; 550 5.1.1 <other@x.example>... User unknown\r\n\r\n--b--\r\n";
+        let r = &parse(mixed.as_bytes()).recipients[0];
+        assert_eq!(
+            (r.class.as_str(), r.suppress),
+            ("bad-mailbox", false),
+            "{}",
+            r.why
         );
     }
 
