@@ -26,7 +26,7 @@ use super::classify::{BounceClass, Stage, classify, enhanced_in, parse_reply_lin
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
-/// Longest text kept as one recipient's diagnostic.
+/// Longest text kept as one recipient's diagnostic, in characters.
 const MAX_DIAGNOSTIC: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +115,10 @@ pub fn parse(raw: &[u8]) -> Report {
         // Reports with a broken structure (an indented boundary, a part without a
         // type) still carry the fields in their text.
         recipients = dsn_recipients(&String::from_utf8_lossy(raw), &text);
+    }
+    if recipients.is_empty() {
+        // Or in a text part, encoded (quoted-printable breaks the fields' lines).
+        recipients = dsn_recipients(&text, &text);
     }
     if recipients.is_empty() {
         recipients = text_recipients(&message, &text);
@@ -336,11 +340,14 @@ fn address_of_field(value: &str) -> Option<String> {
     address.contains('@').then(|| address.to_string())
 }
 
-/// Drops the type of a DSN field (`smtp; 550 …` → `550 …`).
+/// Drops the type of a DSN field (`smtp; 550 …` → `550 …`, and RFC 3464's
+/// extension types: `X-Outbound-Mail-Relay; …`).
 fn strip_type(value: &str) -> &str {
     match value.split_once(';') {
         Some((kind, rest))
-            if !kind.is_empty() && kind.len() < 16 && !kind.contains([' ', '<', '@']) =>
+            if !kind.is_empty()
+                && (kind.len() < 16 || kind.to_ascii_lowercase().starts_with("x-"))
+                && !kind.contains([' ', '<', '@']) =>
         {
             rest.trim()
         }
@@ -456,16 +463,14 @@ fn reply_in(diagnostic: &str) -> (Option<u16>, Option<[u8; 3]>, String) {
     (None, None, diagnostic.to_string())
 }
 
+/// The text on one line, cut at [`MAX_DIAGNOSTIC`] characters (not bytes: a
+/// notice in Cyrillic or Chinese says as much as one in English).
 fn clip(text: &str) -> String {
     let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if joined.len() <= MAX_DIAGNOSTIC {
-        return joined;
+    match joined.char_indices().nth(MAX_DIAGNOSTIC) {
+        Some((end, _)) => joined[..end].to_string(),
+        None => joined,
     }
-    let mut end = MAX_DIAGNOSTIC;
-    while !joined.is_char_boundary(end) {
-        end -= 1;
-    }
-    joined[..end].to_string()
 }
 
 /// An address at the start of `line` (after `>>>`, white space or `<`), followed by
@@ -536,10 +541,21 @@ fn text_recipients(message: &Message<'_>, text: &str) -> Vec<ReportRecipient> {
             found.push((address, i, rest.to_string()));
         }
     }
-    if found.is_empty() {
-        for address in failed_recipients_header(message) {
-            found.push((address, usize::MAX, String::new()));
-        }
+    let failed = failed_recipients_header(message);
+    if !failed.is_empty() {
+        // Exim and Gmail name the failed recipients in `X-Failed-Recipients`: an
+        // address leading a line that is not among them is something else (the
+        // greeting of a translated notice, a forwarding hop).
+        found = failed
+            .into_iter()
+            .map(|address| {
+                found
+                    .iter()
+                    .find(|(a, ..)| a.eq_ignore_ascii_case(&address))
+                    .cloned()
+                    .unwrap_or((address, usize::MAX, String::new()))
+            })
+            .collect();
     }
     if found.is_empty() {
         // Addresses inside sentences: transcripts' `RCPT TO:<a>` first, then the
@@ -572,15 +588,15 @@ fn text_recipients(message: &Message<'_>, text: &str) -> Vec<ReportRecipient> {
     let starts: Vec<usize> = found.iter().map(|(_, i, _)| *i).collect();
     found
         .iter()
-        .enumerate()
-        .map(|(n, (address, line, rest))| {
+        .map(|(address, line, rest)| {
             let block = if *line == usize::MAX {
                 diagnostic_in_text(text, address).unwrap_or_else(|| whole.clone())
             } else {
                 let end = starts
-                    .get(n + 1)
+                    .iter()
                     .copied()
-                    .filter(|&e| e != usize::MAX)
+                    .filter(|&e| e != usize::MAX && e > *line)
+                    .min()
                     .unwrap_or(lines.len());
                 // The reason runs to the next address, or to the first blank line
                 // after it.
@@ -624,12 +640,33 @@ fn diagnostic_in_text(text: &str, address: &str) -> Option<String> {
         .iter()
         .position(|l| l.to_ascii_lowercase().contains(&lower_address) && reply_in(l).0.is_some());
     let index = by_address.or_else(|| lines.iter().position(|l| reply_line(l)))?;
-    let mut out = lines[index]
+    // A multi-line reply (`550-…` lines, then `550 …`) is read whole, from its
+    // first line, wherever the address or the first reply line fell in it.
+    let code = |i: usize| reply_line_code(lines[i]);
+    let mut first = index;
+    while first > 0
+        && code(first - 1).is_some_and(|(c, more)| more && Some(c) == code(index).map(|x| x.0))
+    {
+        first -= 1;
+    }
+    let mut last = index;
+    while code(last).is_some_and(|(_, more)| more)
+        && last + 1 < lines.len()
+        && code(last + 1).map(|x| x.0) == code(index).map(|x| x.0)
+    {
+        last += 1;
+    }
+    let mut out = lines[first]
         .trim()
         .trim_start_matches("<<<")
         .trim()
         .to_string();
-    for l in lines.iter().skip(index + 1).take(3) {
+    for l in &lines[first + 1..=last] {
+        let t = l.trim().trim_start_matches("<<<").trim();
+        out.push(' ');
+        out.push_str(t.get(4..).unwrap_or("").trim());
+    }
+    for l in lines.iter().skip(last + 1).take(3) {
         if l.trim().is_empty() || reply_line(l) || leading_address(l).is_some() {
             break;
         }
@@ -637,6 +674,20 @@ fn diagnostic_in_text(text: &str, address: &str) -> Option<String> {
         out.push_str(l.trim());
     }
     Some(clip(&out))
+}
+
+/// The code of a line of an SMTP reply (`550-…` or `550 …`, maybe after a
+/// transcript's `<<<`), and whether more lines of the reply follow (`-`).
+fn reply_line_code(line: &str) -> Option<(&str, bool)> {
+    let t = line.trim_start().trim_start_matches("<<<").trim_start();
+    let code = t
+        .get(..3)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))?;
+    match t.as_bytes().get(3) {
+        Some(b'-') => Some((code, true)),
+        Some(b' ') | None => Some((code, false)),
+        _ => None,
+    }
 }
 
 /// Every address written in `line`.
@@ -931,6 +982,49 @@ mod tests {
             ("bad-mailbox", false),
             "{}",
             r.why
+        );
+    }
+
+    #[test]
+    fn multi_line_replies_failed_recipients_and_extension_types() {
+        let class_of = |raw: &str| {
+            let report = parse(raw.as_bytes());
+            report
+                .recipients
+                .iter()
+                .map(|r| (r.address.clone(), r.class.clone()))
+                .collect::<Vec<_>>()
+        };
+        // A multi-line reply is read from its first line, not from the line that
+        // names the address.
+        let multi_line = "From: postmaster@mx.b.example\nTo: s@a.example\nSubject: Undeliverable Mail\n\n\
+            undeliverable to bad@b.example\n\nBody of message generated response:\n\
+            550-REJECTED - Blacklisted URL in message.\n550-F=[s@a.example] T=[bad@b.example]\n550 end\n";
+        assert_eq!(
+            class_of(multi_line),
+            [("bad@b.example".to_string(), "spam-block".to_string())]
+        );
+        // X-Failed-Recipients names the recipient; the address greeting the
+        // sender in a translated notice is not one.
+        let groups = "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\nTo: s@a.example\n\
+            X-Failed-Recipients: group@groups.example\nSubject: Delivery Status Notification (Failure)\n\
+            MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\n\
+            s@a.example様\n\nグループが存在しないか、投稿する権限がない可能性があります。\n\
+            https://groups.google.com/support/\n";
+        assert_eq!(
+            class_of(groups),
+            [("group@groups.example".to_string(), "policy".to_string())]
+        );
+        // RFC 3464's extension diagnostic types (`X-…;`) are no part of the reply.
+        let extension = "From: MAILER-DAEMON@relay.test\nTo: s@a.example\nSubject: x\nMIME-Version: 1.0\n\
+            Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+            --b\nContent-Type: text/plain\n\nfailed\n\
+            --b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; relay.test\n\n\
+            Final-Recipient: rfc822; a@nowhere.example\nAction: failed\nStatus: 5.4.4\n\
+            Diagnostic-Code: X-Outbound-Mail-Relay; Host or domain name not found\n\n--b--\n";
+        assert_eq!(
+            class_of(extension),
+            [("a@nowhere.example".to_string(), "dns".to_string())]
         );
     }
 
