@@ -2,15 +2,18 @@
 //! evidence that the address itself is bad. It reads everything known when the reply
 //! came: the reply code, the enhanced status code (RFC 3463), the words of the text,
 //! and the SMTP stage (connect/EHLO, MAIL, RCPT, DATA). A pure function, so it can be
-//! measured on a labelled corpus of real bounces (`tests/bounce_corpus.rs`).
+//! measured on a labelled corpus of real bounces
+//! (`tests/deliverability/bounce_corpus.rs`).
 //!
 //! The rules, in the order they are tried:
 //!
-//! 1. Refusals about the *sender* (its IP's reputation or blocklisting, its reverse
-//!    DNS, its SPF/DKIM/DMARC, its envelope address or domain, relaying, its rate,
-//!    TLS) are recognised first, by their words or their codes, because servers
-//!    often wrap them in recipient-looking text (Postfix writes "Recipient address
-//!    rejected:" before many of them). They never suppress.
+//! 1. Refusals about the *sender* (its IP's reputation, blocklisting or dynamic
+//!    address, its reverse DNS, its SPF/DKIM/DMARC, its envelope address or
+//!    domain, relaying, its rate, TLS) are recognised first, by their words or
+//!    their codes, because servers often wrap them in recipient-looking text
+//!    (Postfix writes "Recipient address rejected:" before many of them), and so
+//!    is anything refused at MAIL, or in vague words at the greeting or EHLO.
+//!    They never suppress.
 //! 2. A specific enhanced code (x.1.1, x.2.2, x.3.4, …) names the class; generic
 //!    ones (x.0.0, x.7.1, x.5.0, …) say little and leave it to the text.
 //! 3. The words of the text, then the bare reply code.
