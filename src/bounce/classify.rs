@@ -2,15 +2,18 @@
 //! evidence that the address itself is bad. It reads everything known when the reply
 //! came: the reply code, the enhanced status code (RFC 3463), the words of the text,
 //! and the SMTP stage (connect/EHLO, MAIL, RCPT, DATA). A pure function, so it can be
-//! measured on a labelled corpus of real bounces (`tests/bounce_corpus.rs`).
+//! measured on a labelled corpus of real bounces
+//! (`tests/deliverability/bounce_corpus.rs`).
 //!
 //! The rules, in the order they are tried:
 //!
-//! 1. Refusals about the *sender* (its IP's reputation or blocklisting, its reverse
-//!    DNS, its SPF/DKIM/DMARC, its envelope address or domain, relaying, its rate,
-//!    TLS) are recognised first, by their words or their codes, because servers
-//!    often wrap them in recipient-looking text (Postfix writes "Recipient address
-//!    rejected:" before many of them). They never suppress.
+//! 1. Refusals about the *sender* (its IP's reputation, blocklisting or dynamic
+//!    address, its reverse DNS, its SPF/DKIM/DMARC, its envelope address or
+//!    domain, relaying, its rate, TLS) are recognised first, by their words or
+//!    their codes, because servers often wrap them in recipient-looking text
+//!    (Postfix writes "Recipient address rejected:" before many of them), and so
+//!    is anything refused at MAIL, or in vague words at the greeting or EHLO.
+//!    They never suppress.
 //! 2. A specific enhanced code (x.1.1, x.2.2, x.3.4, …) names the class; generic
 //!    ones (x.0.0, x.7.1, x.5.0, …) say little and leave it to the text.
 //! 3. The words of the text, then the bare reply code.
@@ -102,7 +105,12 @@ impl Stage {
     /// "[RCPT_TO]". The last one named wins: a transcript ends with the command
     /// that failed.
     pub fn named_in(text: &str) -> Stage {
-        let lower = text.to_ascii_lowercase();
+        // Reports wrap long lines anywhere ("refused to\n    talk to me").
+        let lower = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase();
         const NAMES: &[(&str, Stage)] = &[
             ("in reply to rcpt to", Stage::Rcpt),
             ("after rcpt to", Stage::Rcpt),
@@ -126,6 +134,11 @@ impl Stage {
             ("in reply to ehlo", Stage::Connect),
             ("in reply to helo", Stage::Connect),
             ("after initial connection", Stage::Connect),
+            // Exim: "SMTP error from remote mail server after EHLO x:".
+            ("after ehlo", Stage::Connect),
+            ("after helo", Stage::Connect),
+            // Postfix: "host x refused to talk to me: 421 …", the greeting.
+            ("refused to talk to me", Stage::Connect),
         ];
         NAMES
             .iter()
@@ -237,6 +250,16 @@ const SENDER_RULES: &[Words] = &[
             "invalid ip for sending",
             "not allowed to send",
             "block_",
+            // Refusals of dynamic (consumer) addresses: "use the SMTP server of
+            // your ISP".
+            "dynamic ip",
+            "dynamic address",
+            "dynamically assigned",
+            "dial-up",
+            "dialup",
+            "residential ip",
+            "server of your isp",
+            "your isp's",
         ],
     },
     Words {
@@ -316,13 +339,15 @@ const SENDER_RULES: &[Words] = &[
     },
     Words {
         class: BounceClass::Policy,
+        // Its notice is translated into the sender's language; its help address
+        // is not.
+        why: "Google Groups refused the post (the sender may not post to the group, or there is no such group)",
+        words: &["groups.google.com"],
+    },
+    Words {
+        class: BounceClass::Policy,
         why: "relaying was denied",
-        words: &[
-            "relay",
-            "relaying",
-            "not local",
-            "no valid recipients were found for this message",
-        ],
+        words: &["relay", "relaying", "not local"],
     },
 ];
 
@@ -401,19 +426,7 @@ const RECIPIENT_RULES: &[Words] = &[
             "mail rejete",
         ],
     },
-    Words {
-        class: BounceClass::Other,
-        why: "the receiving system failed",
-        words: &[
-            "mailer error",
-            "system error",
-            "internal error",
-            "system problem",
-            "local problem",
-            "disk space",
-            "out of memory",
-        ],
-    },
+    SYSTEM_FAILURE,
     Words {
         class: BounceClass::Policy,
         why: "refused by the receiver's policy or for the message's form",
@@ -430,9 +443,28 @@ const RECIPIENT_RULES: &[Words] = &[
             "not compliant",
             "refused",
             "rejected",
+            // Says only that nobody was accepted; why is in the rest of the text.
+            "no valid recipients",
         ],
     },
 ];
+
+/// The receiving system's own failures.
+const SYSTEM_FAILURE: Words = Words {
+    class: BounceClass::Other,
+    why: "the receiving system failed",
+    words: &[
+        "mailer error",
+        "system error",
+        "internal error",
+        "system problem",
+        "local problem",
+        "disk space",
+        "out of memory",
+        "ldap",
+        "directory server",
+    ],
+};
 
 /// Evidence that the recipient's account is disabled rather than absent.
 const DISABLED: &[&str] = &[
@@ -515,7 +547,13 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
         why: why.to_string(),
     };
 
-    if let Some(v) = by_sender_code(enhanced) {
+    // RFC 7505 gives x.7.27 to a sender whose domain has a null MX, but Sendmail
+    // also reports with it a recipient's host that accepts no mail (RFC 7504's
+    // "Host does not accept mail"): the words say whose domain it is.
+    let recipient_accepts_no_mail = matches!(enhanced, Some([_, 7, 27]))
+        && lower.contains("does not accept mail")
+        && !lower.contains("sender");
+    if let Some(v) = by_sender_code(enhanced).filter(|_| !recipient_accepts_no_mail) {
         return verdict(v.0, v.1);
     }
     if let Some(rule) = first_match(SENDER_RULES, &lower) {
@@ -530,6 +568,11 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
 
     let mailbox = mailbox_evidence(enhanced, &lower);
     if let Some((class, why)) = by_recipient_code(enhanced) {
+        // RFC 3463's x.4.3 is a directory server failure, which Postfix and qmail
+        // also give to DNS failures: the words say which.
+        if matches!(enhanced, Some([_, 4, 3])) && says(&SYSTEM_FAILURE, &lower) {
+            return verdict(SYSTEM_FAILURE.class, SYSTEM_FAILURE.why);
+        }
         // A specific code beats the words, unless a code itself says the mailbox
         // does not exist (Microsoft's x.1.10).
         if !matches!(mailbox, Some(Mailbox::Absent { by_code: true })) {
@@ -588,6 +631,15 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
                 "refused at connection, before any message: about the sending IP",
             );
         }
+        // "Refused", "denied" say nothing of why; an x.3.x code (the mail
+        // system's status) does: Sendmail's `5.3.0 Insufficient permission` is
+        // its local delivery failing.
+        if rule.class == BounceClass::Policy && matches!(enhanced, Some([_, 3, _])) {
+            return verdict(
+                BounceClass::Other,
+                "x.3.x: the receiving mail system failed; the refusal's words say no more",
+            );
+        }
         return verdict(rule.class, rule.why);
     }
     if let Some((class, why)) = by_generic_code(enhanced) {
@@ -609,7 +661,7 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
 
 /// True when the reply names an address the way servers answer RCPT about one
 /// recipient: Sendmail's `<a@b>... User unknown` (or `a@b... `), Postfix's `<a@b>:
-/// Recipient address rejected`. A content filter's refusal after DATA is for the
+/// Recipient address rejected`, Gmail's `delivered to a@b because`. A content filter's refusal after DATA is for the
 /// whole message and names nobody (`550 : User unknown`).
 fn names_recipient(lower: &str) -> bool {
     lower.match_indices('@').any(|(at, _)| {
@@ -619,8 +671,9 @@ fn names_recipient(lower: &str) -> bool {
             .unwrap_or(after.len());
         let domain = after[..end].trim_end_matches('.');
         let follows = &after[domain.len()..];
+        // Gmail's "wasn't delivered to a@b because the address couldn't be found".
         domain.contains('.')
-            && [">:", ">...", "...", "]:"]
+            && [">:", ">...", "...", "]:", " because"]
                 .iter()
                 .any(|f| follows.starts_with(f))
     })
@@ -665,9 +718,11 @@ fn mailbox_evidence(enhanced: Option<[u8; 3]>, lower: &str) -> Option<Mailbox> {
 }
 
 fn first_match<'a>(rules: &'a [Words], lower: &str) -> Option<&'a Words> {
-    rules
-        .iter()
-        .find(|rule| rule.words.iter().any(|w| contains_word(lower, w)))
+    rules.iter().find(|rule| says(rule, lower))
+}
+
+fn says(rule: &Words, lower: &str) -> bool {
+    rule.words.iter().any(|w| contains_word(lower, w))
 }
 
 /// `text` contains `word` not inside a longer word ("ube" is not in "tube", "rbl"
@@ -797,204 +852,4 @@ pub fn parse_reply_line(line: &str) -> Option<(u16, Option<[u8; 3]>, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use BounceClass::*;
-
-    fn c(reply: &str) -> Verdict {
-        let (code, enhanced, text) = parse_reply_line(reply).unwrap();
-        classify(code, enhanced, text, Stage::Unknown)
-    }
-
-    #[test]
-    fn real_world_replies() {
-        let cases = [
-            (
-                "550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces.",
-                BadMailbox,
-                true,
-            ),
-            (
-                "550 5.1.1 <x@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
-                BadMailbox,
-                true,
-            ),
-            // Words alone, with no code, stage or address: not evidence enough.
-            (
-                "550 5.5.0 Requested action not taken: mailbox unavailable",
-                Policy,
-                false,
-            ),
-            ("550 No such user here", Policy, false),
-            ("550 <a@b.example>... No such user here", BadMailbox, true),
-            (
-                "550 <a@b.example>: Recipient address rejected: User unknown in local recipient table",
-                BadMailbox,
-                true,
-            ),
-            (
-                "550 <a@b.example>: Recipient address rejected: Policy violation",
-                Policy,
-                false,
-            ),
-            (
-                "553 5.1.3 The recipient address <foo> is not a valid RFC-5321 address",
-                BadMailbox,
-                true,
-            ),
-            (
-                "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
-                BadMailbox,
-                true,
-            ),
-            (
-                "550 5.2.1 The email account that you tried to reach is disabled.",
-                BadMailbox,
-                false,
-            ),
-            ("450 4.2.0 Mailbox temporarily unavailable", Other, false),
-            (
-                "452 4.2.2 The email account that you tried to reach is over quota.",
-                MailboxFull,
-                false,
-            ),
-            ("552 5.2.2 Mailbox full", MailboxFull, false),
-            (
-                "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
-                SpamBlock,
-                false,
-            ),
-            (
-                "521 5.7.1 Service unavailable; client [203.0.113.225] blocked using dnsbl.sorbs.net",
-                SpamBlock,
-                false,
-            ),
-            (
-                "550 5.7.1 Our system has detected that this message is likely unsolicited mail.",
-                SpamBlock,
-                false,
-            ),
-            (
-                "550 5.7.26 This mail has been blocked because the sender is unauthenticated. Gmail requires all senders to authenticate with either SPF or DKIM. To reduce spam ...",
-                Policy,
-                false,
-            ),
-            (
-                "550 5.7.25 <x@example.com>: Recipient address rejected: Reverse DNS validation failed",
-                Policy,
-                false,
-            ),
-            (
-                "550 5.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
-                Policy,
-                false,
-            ),
-            ("501 5.1.8 Sender address rejected", Policy, false),
-            (
-                "553 5.1.8 <a@b.example>: Domain of sender address does not exist",
-                Policy,
-                false,
-            ),
-            ("550 Domain does not exist", Dns, false),
-            (
-                "550 5.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.",
-                RateLimited,
-                false,
-            ),
-            (
-                "554 5.7.1 <x@example.com>: Relay access denied",
-                Policy,
-                false,
-            ),
-            (
-                "421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address.",
-                RateLimited,
-                false,
-            ),
-            (
-                "450 4.7.0 Too many connections, slow down",
-                RateLimited,
-                false,
-            ),
-            (
-                "421 Service not available, closing transmission channel",
-                RateLimited,
-                false,
-            ),
-            (
-                "552 5.3.4 Message size exceeds fixed limit",
-                MessageTooBig,
-                false,
-            ),
-            ("552 Message too large", MessageTooBig, false),
-            (
-                "550 5.1.2 domain nonexistent.example does not exist",
-                Dns,
-                false,
-            ),
-            (
-                "556 5.1.10 domain x.example does not accept mail (null MX, RFC 7505)",
-                Dns,
-                false,
-            ),
-            (
-                "451 4.4.3 DNS lookup failed for x.example: timeout",
-                Dns,
-                false,
-            ),
-            ("530 5.7.0 Must issue a STARTTLS command first", Tls, false),
-            ("451 4.7.5 TLS: invalid peer certificate", Tls, false),
-            ("451 4.3.0 Temporary local problem", Other, false),
-            (
-                "550 #5.1.1 sorry, no mailbox here by that name",
-                BadMailbox,
-                true,
-            ),
-        ];
-        for (reply, class, suppress) in cases {
-            let v = c(reply);
-            assert_eq!(
-                (v.class, v.suppress),
-                (class, suppress),
-                "{reply}: {}",
-                v.why
-            );
-        }
-    }
-
-    #[test]
-    fn the_stage_decides_what_the_words_cannot() {
-        let unknown = |stage| classify(550, None, "User unknown", stage);
-        assert!(unknown(Stage::Rcpt).suppress);
-        for stage in [Stage::Connect, Stage::Mail, Stage::Data, Stage::Unknown] {
-            let v = unknown(stage);
-            assert!(!v.suppress, "{stage:?}: {}", v.why);
-        }
-        // With the code that says so, a DATA-stage refusal is about the mailbox.
-        assert!(classify(550, Some([5, 1, 1]), "User unknown", Stage::Data).suppress);
-        assert_eq!(
-            Stage::named_in("host x said: 550 5.1.1 unknown (in reply to RCPT TO command)"),
-            Stage::Rcpt
-        );
-        assert_eq!(
-            Stage::named_in(">>> RCPT To:<a@b>\n<<< 250 ok\n>>> DATA\n<<< 550 no"),
-            Stage::Data
-        );
-    }
-
-    #[test]
-    fn codes_inside_text_and_reply_lines() {
-        assert_eq!(enhanced_in("(#5.1.1 - chkusr)"), Some([5, 1, 1]));
-        assert_eq!(enhanced_in("ERROR_CODE :5.2.2 <a@b>"), Some([5, 2, 2]));
-        assert_eq!(enhanced_in("client [192.0.2.1] blocked"), None);
-        assert_eq!(
-            parse_reply_line("550 5.1.1 <a@b>: user unknown"),
-            Some((550, Some([5, 1, 1]), "<a@b>: user unknown"))
-        );
-        assert_eq!(
-            parse_reply_line("550 user unknown"),
-            Some((550, None, "user unknown"))
-        );
-        assert_eq!(parse_reply_line("hello"), None);
-    }
-}
+mod tests;

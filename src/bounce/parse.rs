@@ -26,7 +26,7 @@ use super::classify::{BounceClass, Stage, classify, enhanced_in, parse_reply_lin
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
-/// Longest text kept as one recipient's diagnostic.
+/// Longest text kept as one recipient's diagnostic, in characters.
 const MAX_DIAGNOSTIC: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +115,10 @@ pub fn parse(raw: &[u8]) -> Report {
         // Reports with a broken structure (an indented boundary, a part without a
         // type) still carry the fields in their text.
         recipients = dsn_recipients(&String::from_utf8_lossy(raw), &text);
+    }
+    if recipients.is_empty() {
+        // Or in a text part, encoded (quoted-printable breaks the fields' lines).
+        recipients = dsn_recipients(&text, &text);
     }
     if recipients.is_empty() {
         recipients = text_recipients(&message, &text);
@@ -217,11 +221,20 @@ fn cut_at_original(text: &str) -> &str {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let lower = line.to_ascii_lowercase();
+        // A marker heads its line ("------ This is a copy of the message",
+        // "Original mail as follows:"), not the end of a sentence: Postfix's
+        // notice says "delete your own text from the attached returned message"
+        // above the recipients.
+        let heads = |m: &&str| {
+            lower
+                .find(*m)
+                .is_some_and(|at| lower[..at].split_whitespace().count() <= 2)
+        };
         // "The original message was received at …" opens Sendmail's reports.
         let opening = lower
             .trim_start()
             .starts_with("the original message was received");
-        if !opening && ORIGINAL_MARKERS.iter().any(|m| lower.contains(m)) && offset > 0 {
+        if !opening && ORIGINAL_MARKERS.iter().any(heads) && offset > 0 {
             return &text[..offset];
         }
         offset += line.len();
@@ -327,11 +340,14 @@ fn address_of_field(value: &str) -> Option<String> {
     address.contains('@').then(|| address.to_string())
 }
 
-/// Drops the type of a DSN field (`smtp; 550 …` → `550 …`).
+/// Drops the type of a DSN field (`smtp; 550 …` → `550 …`, and RFC 3464's
+/// extension types: `X-Outbound-Mail-Relay; …`).
 fn strip_type(value: &str) -> &str {
     match value.split_once(';') {
         Some((kind, rest))
-            if !kind.is_empty() && kind.len() < 16 && !kind.contains([' ', '<', '@']) =>
+            if !kind.is_empty()
+                && (kind.len() < 16 || kind.to_ascii_lowercase().starts_with("x-"))
+                && !kind.contains([' ', '<', '@']) =>
         {
             rest.trim()
         }
@@ -369,7 +385,16 @@ fn recipient(
     if stage == Stage::Unknown {
         stage = Stage::named_in(&near(text, &address));
     }
-    let verdict = classify(code, enhanced, &reply_text, stage);
+    let mut verdict = classify(code, enhanced, &reply_text, stage);
+    if verdict.suppress && names_only_others(&diagnostic, &address) {
+        // A report whose reply is about another address (a forwarding hop's,
+        // a mixed-up report's) is no evidence about this one.
+        verdict.suppress = false;
+        verdict.why = format!(
+            "{}, but the reply names another address than {address}: not suppressed",
+            verdict.why
+        );
+    }
     ReportRecipient {
         address,
         status: status.map(|[a, b, c]| format!("{a}.{b}.{c}")),
@@ -382,13 +407,20 @@ fn recipient(
     }
 }
 
-/// The part of `text` about `address`: from its first mention to the next blank
-/// line that is followed by another address, capped.
+/// True when `diagnostic` names addresses and `address` is not among them.
+fn names_only_others(diagnostic: &str, address: &str) -> bool {
+    let named = addresses_in(diagnostic);
+    !named.is_empty() && !named.iter().any(|a| a.eq_ignore_ascii_case(address))
+}
+
+/// The part of `text` about `address`: from the start of the line of its first
+/// mention (a transcript's `>>> RCPT To:<a@b>`), capped.
 fn near(text: &str, address: &str) -> String {
     let lower = text.to_ascii_lowercase();
-    let Some(start) = lower.find(&address.to_ascii_lowercase()) else {
+    let Some(found) = lower.find(&address.to_ascii_lowercase()) else {
         return String::new();
     };
+    let start = lower[..found].rfind('\n').map_or(0, |i| i + 1);
     let end = (start + 2000).min(text.len());
     let end = (end..=text.len())
         .find(|&i| text.is_char_boundary(i))
@@ -431,16 +463,14 @@ fn reply_in(diagnostic: &str) -> (Option<u16>, Option<[u8; 3]>, String) {
     (None, None, diagnostic.to_string())
 }
 
+/// The text on one line, cut at [`MAX_DIAGNOSTIC`] characters (not bytes: a
+/// notice in Cyrillic or Chinese says as much as one in English).
 fn clip(text: &str) -> String {
     let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if joined.len() <= MAX_DIAGNOSTIC {
-        return joined;
+    match joined.char_indices().nth(MAX_DIAGNOSTIC) {
+        Some((end, _)) => joined[..end].to_string(),
+        None => joined,
     }
-    let mut end = MAX_DIAGNOSTIC;
-    while !joined.is_char_boundary(end) {
-        end -= 1;
-    }
-    joined[..end].to_string()
 }
 
 /// An address at the start of `line` (after `>>>`, white space or `<`), followed by
@@ -511,10 +541,21 @@ fn text_recipients(message: &Message<'_>, text: &str) -> Vec<ReportRecipient> {
             found.push((address, i, rest.to_string()));
         }
     }
-    if found.is_empty() {
-        for address in failed_recipients_header(message) {
-            found.push((address, usize::MAX, String::new()));
-        }
+    let failed = failed_recipients_header(message);
+    if !failed.is_empty() {
+        // Exim and Gmail name the failed recipients in `X-Failed-Recipients`: an
+        // address leading a line that is not among them is something else (the
+        // greeting of a translated notice, a forwarding hop).
+        found = failed
+            .into_iter()
+            .map(|address| {
+                found
+                    .iter()
+                    .find(|(a, ..)| a.eq_ignore_ascii_case(&address))
+                    .cloned()
+                    .unwrap_or((address, usize::MAX, String::new()))
+            })
+            .collect();
     }
     if found.is_empty() {
         // Addresses inside sentences: transcripts' `RCPT TO:<a>` first, then the
@@ -547,15 +588,15 @@ fn text_recipients(message: &Message<'_>, text: &str) -> Vec<ReportRecipient> {
     let starts: Vec<usize> = found.iter().map(|(_, i, _)| *i).collect();
     found
         .iter()
-        .enumerate()
-        .map(|(n, (address, line, rest))| {
+        .map(|(address, line, rest)| {
             let block = if *line == usize::MAX {
                 diagnostic_in_text(text, address).unwrap_or_else(|| whole.clone())
             } else {
                 let end = starts
-                    .get(n + 1)
+                    .iter()
                     .copied()
-                    .filter(|&e| e != usize::MAX)
+                    .filter(|&e| e != usize::MAX && e > *line)
+                    .min()
                     .unwrap_or(lines.len());
                 // The reason runs to the next address, or to the first blank line
                 // after it.
@@ -599,12 +640,33 @@ fn diagnostic_in_text(text: &str, address: &str) -> Option<String> {
         .iter()
         .position(|l| l.to_ascii_lowercase().contains(&lower_address) && reply_in(l).0.is_some());
     let index = by_address.or_else(|| lines.iter().position(|l| reply_line(l)))?;
-    let mut out = lines[index]
+    // A multi-line reply (`550-…` lines, then `550 …`) is read whole, from its
+    // first line, wherever the address or the first reply line fell in it.
+    let code = |i: usize| reply_line_code(lines[i]);
+    let mut first = index;
+    while first > 0
+        && code(first - 1).is_some_and(|(c, more)| more && Some(c) == code(index).map(|x| x.0))
+    {
+        first -= 1;
+    }
+    let mut last = index;
+    while code(last).is_some_and(|(_, more)| more)
+        && last + 1 < lines.len()
+        && code(last + 1).map(|x| x.0) == code(index).map(|x| x.0)
+    {
+        last += 1;
+    }
+    let mut out = lines[first]
         .trim()
         .trim_start_matches("<<<")
         .trim()
         .to_string();
-    for l in lines.iter().skip(index + 1).take(3) {
+    for l in &lines[first + 1..=last] {
+        let t = l.trim().trim_start_matches("<<<").trim();
+        out.push(' ');
+        out.push_str(t.get(4..).unwrap_or("").trim());
+    }
+    for l in lines.iter().skip(last + 1).take(3) {
         if l.trim().is_empty() || reply_line(l) || leading_address(l).is_some() {
             break;
         }
@@ -612,6 +674,20 @@ fn diagnostic_in_text(text: &str, address: &str) -> Option<String> {
         out.push_str(l.trim());
     }
     Some(clip(&out))
+}
+
+/// The code of a line of an SMTP reply (`550-…` or `550 …`, maybe after a
+/// transcript's `<<<`), and whether more lines of the reply follow (`-`).
+fn reply_line_code(line: &str) -> Option<(&str, bool)> {
+    let t = line.trim_start().trim_start_matches("<<<").trim_start();
+    let code = t
+        .get(..3)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))?;
+    match t.as_bytes().get(3) {
+        Some(b'-') => Some((code, true)),
+        Some(b' ') | None => Some((code, false)),
+        _ => None,
+    }
 }
 
 /// Every address written in `line`.
@@ -861,6 +937,94 @@ mod tests {
                 ("bad@x.example", "bad-mailbox", true),
                 ("full@x.example", "mailbox-full", false)
             ]
+        );
+    }
+
+    #[test]
+    fn the_stage_of_a_transcript_and_whose_reply_it_is() {
+        // "No such user" is evidence only where the transcript shows it answered
+        // RCPT for this address.
+        let transcript = "From: MAILER-DAEMON@mx.a.example\r\nTo: s@a.example\r\nSubject: Returned mail\r\n\r\n\
+            ----- Transcript of session follows -----\r\nWhile talking to mx.b.example:\r\n\
+            >>> RCPT To:<bad@b.example>\r\n<<< 550 Requested action not taken: no such user here\r\n\r\n\
+            ----- Unsent message follows -----\r\nTo: bad@b.example\r\nSubject: hi\r\n\r\nbody\r\n";
+        let report = parse(transcript.as_bytes());
+        let r = &report.recipients[0];
+        assert_eq!(
+            (r.address.as_str(), r.stage, r.class.as_str(), r.suppress),
+            ("bad@b.example", Stage::Rcpt, "bad-mailbox", true),
+            "{}",
+            r.why
+        );
+        // Postfix's notice speaks of "the attached returned message" above the
+        // recipients; the copy of the message begins further down.
+        let postfix = "From: MAILER-DAEMON@mx.a.example\r\nTo: s@a.example\r\nSubject: x\r\n\
+            MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+            --b\r\nContent-Type: text/plain\r\n\r\nIf you do so, please include this problem report. You can\r\n\
+            delete your own text from the attached returned message.\r\n\r\n\
+            <bad@b.example>: host mx.b.example[192.0.2.1] said: 550 User not found\r\n\
+            \x20   (in reply to RCPT TO command)\r\n\
+            --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.a.example\r\n\r\n\
+            Final-Recipient: rfc822; bad@b.example\r\nAction: failed\r\nStatus: 5.0.0\r\n\
+            Diagnostic-Code: smtp; 550 User not found\r\n\r\n--b--\r\n";
+        let r = &parse(postfix.as_bytes()).recipients[0];
+        assert_eq!((r.stage, r.suppress), (Stage::Rcpt, true), "{}", r.why);
+        // A report whose reply is about another address says nothing about this one.
+        let mixed = "From: MAILER-DAEMON@relay.test\r\nTo: s@a.example\r\nSubject: x\r\n\
+            MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+            --b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n\
+            --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.test\r\n\r\n\
+            Final-Recipient: rfc822; kept@x.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+            Diagnostic-Code: smtp; 550 5.1.1 <other@x.example>... User unknown\r\n\r\n--b--\r\n";
+        let r = &parse(mixed.as_bytes()).recipients[0];
+        assert_eq!(
+            (r.class.as_str(), r.suppress),
+            ("bad-mailbox", false),
+            "{}",
+            r.why
+        );
+    }
+
+    #[test]
+    fn multi_line_replies_failed_recipients_and_extension_types() {
+        let class_of = |raw: &str| {
+            let report = parse(raw.as_bytes());
+            report
+                .recipients
+                .iter()
+                .map(|r| (r.address.clone(), r.class.clone()))
+                .collect::<Vec<_>>()
+        };
+        // A multi-line reply is read from its first line, not from the line that
+        // names the address.
+        let multi_line = "From: postmaster@mx.b.example\nTo: s@a.example\nSubject: Undeliverable Mail\n\n\
+            undeliverable to bad@b.example\n\nBody of message generated response:\n\
+            550-REJECTED - Blacklisted URL in message.\n550-F=[s@a.example] T=[bad@b.example]\n550 end\n";
+        assert_eq!(
+            class_of(multi_line),
+            [("bad@b.example".to_string(), "spam-block".to_string())]
+        );
+        // X-Failed-Recipients names the recipient; the address greeting the
+        // sender in a translated notice is not one.
+        let groups = "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\nTo: s@a.example\n\
+            X-Failed-Recipients: group@groups.example\nSubject: Delivery Status Notification (Failure)\n\
+            MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\n\
+            s@a.example様\n\nグループが存在しないか、投稿する権限がない可能性があります。\n\
+            https://groups.google.com/support/\n";
+        assert_eq!(
+            class_of(groups),
+            [("group@groups.example".to_string(), "policy".to_string())]
+        );
+        // RFC 3464's extension diagnostic types (`X-…;`) are no part of the reply.
+        let extension = "From: MAILER-DAEMON@relay.test\nTo: s@a.example\nSubject: x\nMIME-Version: 1.0\n\
+            Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+            --b\nContent-Type: text/plain\n\nfailed\n\
+            --b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; relay.test\n\n\
+            Final-Recipient: rfc822; a@nowhere.example\nAction: failed\nStatus: 5.4.4\n\
+            Diagnostic-Code: X-Outbound-Mail-Relay; Host or domain name not found\n\n--b--\n";
+        assert_eq!(
+            class_of(extension),
+            [("a@nowhere.example".to_string(), "dns".to_string())]
         );
     }
 

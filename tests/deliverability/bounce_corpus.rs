@@ -121,12 +121,22 @@ impl Score {
     }
 }
 
-/// The floors the tests hold. Issue 14 asks for agreement 90%, precision 98% and
-/// recall 95%; these rules reach less (see the README of tests/data/bounces): the
-/// corpus labels identical replies differently by sender-side context no receiver
-/// states (`550 5.2.1 <a>... User Unknown` is a bad address in one sample and a
-/// filter in another), and Outpost keeps an address whenever the evidence is
-/// unsure. The floors are the figures measured, so any regression fails.
+/// The floors the tests hold: the figures measured, rounded down, so any
+/// regression fails. Issue 14 asks for agreement 90% (met), precision 98% and
+/// recall 95% (not met). The corpus labels identical replies differently by
+/// context no receiver states, and where a label would have Outpost suppress or
+/// keep against the evidence, the rules follow the evidence:
+///
+/// - suppressed, labelled a filter: Postfix's `Recipient address rejected: User
+///   unknown in local recipient table` (a bad address in other samples),
+///   `550 5.1.1 Mailbox does not exist`, `5.2.1 <a>... User Unknown` (a bad
+///   address in five other samples), `user unknown (in reply to RCPT TO
+///   command)` under a heading "account is disabled";
+/// - kept, labelled a bad address (among the misses): `Requested action not
+///   taken: no such user here`, Exchange's `Unknown Recipient` and Yahoo's `This
+///   user doesn't have a … account` (each labelled a filter in a twin sample),
+///   and "user unknown" after DATA without an x.1.x code, which content filters
+///   say too.
 struct Floors {
     agreement: f64,
     precision: f64,
@@ -198,9 +208,9 @@ fn classify_agrees_with_the_labelled_replies() {
     all.assert_at_least(
         "classify over labels.jsonl",
         Floors {
-            agreement: 0.84,
+            agreement: 0.91,
             precision: 0.92,
-            recall: 0.82,
+            recall: 0.87,
         },
     );
 }
@@ -282,9 +292,9 @@ fn parse_finds_and_classifies_every_labelled_recipient() {
     score.assert_at_least(
         "bounce parse over the corpus emails",
         Floors {
-            agreement: 0.84,
+            agreement: 0.91,
             precision: 0.92,
-            recall: 0.84,
+            recall: 0.87,
         },
     );
 }
