@@ -9,7 +9,7 @@ use common::{CLIENT_SENDER, Client, HOSTNAME};
 use fakes::sink::SmtpSink;
 use outpost::config::ListenerMode;
 use outpost::server::Running;
-use outpost::store::{Event, EventKind, RecipientStatus};
+use outpost::store::{DomainPause, Event, EventKind, RecipientStatus};
 use std::sync::{Arc, Mutex};
 
 const RETURN_PATH_HOST: &str = "bounces.client.example";
@@ -250,6 +250,20 @@ async fn reputation_metrics(running: &Running) -> (f64, f64, bool) {
     )
 }
 
+/// Waits for a sending domain to be paused; returns its pause.
+async fn paused(running: &Running) -> DomainPause {
+    eventually("the domain paused", || async {
+        running
+            .store
+            .paused_domains()
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await
+}
+
 /// Runs `outpost domain ARGS` on the relay's store, as an operator would.
 fn domain_command(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let config = data_dir.join("cli.toml");
@@ -294,16 +308,7 @@ async fn complaints_past_the_ceiling_pause_the_domain_until_it_is_resumed() {
     for (rcpt, return_path) in &return_paths[..2] {
         arrives(&running, return_path, &arf(return_path, rcpt)).await;
     }
-    let pause = eventually("the domain paused", || async {
-        running
-            .store
-            .paused_domains()
-            .await
-            .unwrap()
-            .into_iter()
-            .next()
-    })
-    .await;
+    let pause = paused(&running).await;
     assert_eq!(pause.domain, "client.example");
     assert!(
         pause
@@ -402,16 +407,7 @@ async fn hard_bounces_past_the_ceiling_pause_the_domain() {
         b"Subject: list\r\n\r\nhello\r\n",
     )
     .await;
-    let pause = eventually("the domain paused", || async {
-        running
-            .store
-            .paused_domains()
-            .await
-            .unwrap()
-            .into_iter()
-            .next()
-    })
-    .await;
+    let pause = paused(&running).await;
     assert!(
         pause
             .reason
