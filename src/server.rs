@@ -201,7 +201,7 @@ pub async fn start_with_store(
     let mut serving = JoinSet::new();
     let mut listeners = Vec::new();
     for b in bound {
-        tracing::info!(addr = %b.addr, mode = ?b.mode, "listening");
+        tracing::info!(addr = %b.addr, mode = %b.mode.as_str(), "listening");
         listeners.push((b.mode, b.addr));
         serving.spawn(inbound::serve_listener(ctx.clone(), b));
     }

@@ -278,18 +278,20 @@ impl FromRequestParts<Arc<ApiContext>> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(credentials)
             .ok_or(ApiError::Unauthorized)?;
+        // A bearer API key names no user until it is checked.
+        let shown = name.as_deref().unwrap_or("-");
         match ctx.login.check(ip, name.as_deref(), &secret).await {
             LoginOutcome::Ok(principal) => Ok(Caller(principal.user)),
             LoginOutcome::Wrong => {
-                tracing::warn!(user = ?name, %ip, "HTTP API: authentication failed");
+                tracing::warn!(user = %shown, %ip, "HTTP API: authentication failed");
                 Err(ApiError::Unauthorized)
             }
             LoginOutcome::Locked(lock) => {
-                tracing::warn!(user = ?name, %ip, ?lock, "HTTP API: login refused without a check: too many wrong passwords before");
+                tracing::warn!(user = %shown, %ip, lock = lock.as_str(), "HTTP API: login refused without a check: too many wrong passwords before");
                 Err(ApiError::LockedOut(lock))
             }
             LoginOutcome::Unavailable(reason) => {
-                tracing::warn!(user = ?name, %ip, %reason, "HTTP API: login not checked now; answered 503, not counted as a failure");
+                tracing::warn!(user = %shown, %ip, %reason, "HTTP API: login not checked now; answered 503, not counted as a failure");
                 Err(ApiError::Unavailable(reason))
             }
         }

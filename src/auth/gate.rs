@@ -35,6 +35,16 @@ pub enum Credential {
     ApiKey { id: i64 },
 }
 
+/// As logs show it: `password`, `api-key:ID`.
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password => f.write_str("password"),
+            Credential::ApiKey { id } => write!(f, "api-key:{id}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginOutcome {
     Ok(Principal),

@@ -35,6 +35,16 @@ pub enum Lock {
     Account,
 }
 
+impl Lock {
+    /// What is locked, as logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lock::Address => "address",
+            Lock::Account => "account",
+        }
+    }
+}
+
 /// Why [`LoginThrottle::admit`] gave no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -26,7 +26,7 @@ pub fn run(config: &Config, source: Option<&std::path::Path>, cmd: ConfigCommand
             .display()
     );
     for l in &config.listeners {
-        println!("listen    {} ({:?})", l.addr, l.mode);
+        println!("listen    {} ({})", l.addr, l.mode.as_str());
     }
     println!("http      {}", config.http.addr);
     let mut warnings = Vec::new();

@@ -118,6 +118,15 @@ impl ListenerMode {
     pub fn requires_auth(self) -> bool {
         !matches!(self, ListenerMode::Relay)
     }
+
+    /// The name the configuration uses (`mode = "relay"`), as logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerMode::Relay => "relay",
+            ListenerMode::Submission => "submission",
+            ListenerMode::Submissions => "submissions",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -61,7 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             .await;
         match outcome {
             LoginOutcome::Ok(principal) => {
-                tracing::info!(%peer, user = %principal.user.name, credential = ?principal.credential, "authenticated");
+                tracing::info!(%peer, user = %principal.user.name, credential = %principal.credential, "authenticated");
                 self.user = Some(principal.user);
                 self.io.reply(&Reply::auth_ok());
             }
@@ -70,7 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 self.io.reply(&Reply::auth_failed());
             }
             LoginOutcome::Locked(lock) => {
-                tracing::warn!(%peer, user = %name, ?lock, "AUTH refused without a check: too many wrong passwords before");
+                tracing::warn!(%peer, user = %name, lock = lock.as_str(), "AUTH refused without a check: too many wrong passwords before");
                 self.io.reply(&match lock {
                     Lock::Address => Reply::auth_locked_out(),
                     Lock::Account => Reply::auth_account_locked(),

@@ -356,13 +356,13 @@ fn dot_stuffing_doubles_leading_dots_only() {
 #[test]
 fn listening_line_is_parsed() {
     let line =
-        "2026-01-01T00:00:00Z  INFO outpost::server: listening addr=127.0.0.1:4242 mode=Relay";
+        "2026-01-01T00:00:00Z  INFO outpost::server: listening addr=127.0.0.1:4242 mode=relay";
     assert_eq!(
         server_process::relay_listener(line),
         Some("127.0.0.1:4242".parse().unwrap())
     );
     assert_eq!(
-        server_process::relay_listener("INFO listening addr=127.0.0.1:1 mode=Submission"),
+        server_process::relay_listener("INFO listening addr=127.0.0.1:1 mode=submission"),
         None
     );
 }

@@ -149,7 +149,9 @@ class Server:
                 raise Failure(f"serve exited with {self.proc.returncode} during start-up; log:\n{self.log()}")
             m = re.search(r"\blistening addr=(\S+):(\d+) mode=(\w+)", line)
             if m:
-                ports[m.group(3)] = int(m.group(2))
+                # The log says the configuration's name (`submissions`); the suites
+                # name modes as the SPEC's table does (`Submissions`).
+                ports[m.group(3).capitalize()] = int(m.group(2))
         return ports
 
     def log(self):

@@ -159,9 +159,9 @@ async fn sighup_swaps_the_certificate_without_dropping_connections() {
         ),
     ));
     // Listeners are logged in order; the relay one (which `start` waits for) first.
-    server.wait_for_log("mode=Submissions", DEADLINE);
+    server.wait_for_log("mode=submissions", DEADLINE);
     let addr = server
-        .listener("Submissions")
+        .listener("submissions")
         .expect("submissions listener");
     let (mut open, presented) = tls_session(addr).await;
     assert_eq!(presented, first_der);

@@ -122,7 +122,7 @@ impl Process {
         }
     }
 
-    /// The address of the first listener in `mode` (`Relay`, `Submissions`, ...),
+    /// The address of the first listener in `mode` (`relay`, `submissions`, ...),
     /// from the start-up log.
     pub fn listener(&self, mode: &str) -> Option<SocketAddr> {
         let suffix = format!(" mode={mode}");
@@ -143,9 +143,9 @@ impl Drop for Process {
     }
 }
 
-/// `... listening addr=127.0.0.1:PORT mode=Relay` → the address.
+/// `... listening addr=127.0.0.1:PORT mode=relay` → the address.
 pub fn relay_listener(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening addr=")? + "listening addr=".len()..];
     let (addr, mode) = rest.split_once(' ')?;
-    (mode.trim() == "mode=Relay").then(|| addr.parse().ok())?
+    (mode.trim() == "mode=relay").then(|| addr.parse().ok())?
 }
