@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts(message_id);
 CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address);
 CREATE INDEX IF NOT EXISTS recipients_domain_pending ON recipients(domain, status);
+-- The message list's status filter: a state's messages, newest first. One more
+-- index entry per recipient written, on hot pages (new ids sort last).
+CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, message_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(text, tokenize = 'unicode61');
 CREATE TRIGGER IF NOT EXISTS message_search_delete AFTER DELETE ON messages BEGIN
     DELETE FROM message_search WHERE rowid = old.rowid;
@@ -281,8 +284,9 @@ fn scope_sql(
 }
 
 /// Free text as an FTS5 query: each word a quoted phrase (so `@`, `.` and
-/// operators are plain text), all required, the last a prefix.
-fn fts_query(text: &str) -> Option<String> {
+/// operators are plain text), all required; with `prefix`, the last word may
+/// also be the beginning of a longer one.
+fn fts_query(text: &str, prefix: bool) -> Option<String> {
     let words: Vec<String> = text
         .split_whitespace()
         .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
@@ -290,47 +294,96 @@ fn fts_query(text: &str) -> Option<String> {
     if words.is_empty() {
         return None;
     }
-    Some(format!("{}*", words.join(" ")))
+    Some(format!(
+        "{}{}",
+        words.join(" "),
+        if prefix { "*" } else { "" }
+    ))
 }
 
-fn search(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<MessageRow>> {
+/// The statement of one search (`text` an FTS5 query) and its parameters.
+fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::types::Value>) {
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    // With text, the full-text index drives (its matches are few); without,
-    // the primary key is walked newest first and stops at the page's end.
-    let mut sql = match q.text.as_deref().and_then(fts_query) {
-        Some(text) => {
+    // Each way walks in page order and stops at the page's end. With text, the
+    // full-text index drives (its matches are few) and a state is checked per
+    // match. With a state alone, `recipients_status` (state, message id) lists
+    // that state's messages newest first, however rare the state; CROSS JOIN
+    // keeps SQLite from starting elsewhere, and DISTINCT shows a message whose
+    // recipients share the state once. With neither, the primary key.
+    let (mut sql, id) = match (text, q.status) {
+        (Some(text), status) => {
             args.push(text.into());
-            String::from(
+            let mut sql = String::from(
                 "SELECT m.id, m.mail_from, i.subject, m.received_at FROM message_search
                  JOIN messages m ON m.rowid = message_search.rowid
                  JOIN message_info i ON i.id = m.id WHERE message_search MATCH ?1",
+            );
+            if let Some(status) = status {
+                args.push(status.as_str().to_string().into());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM recipients r WHERE r.status = ?{} AND r.message_id = m.id)",
+                    args.len()
+                ));
+            }
+            (sql, "m.id")
+        }
+        (None, Some(status)) => {
+            args.push(status.as_str().to_string().into());
+            (
+                String::from(
+                    "SELECT DISTINCT m.id, m.mail_from, i.subject, m.received_at FROM recipients r
+                     CROSS JOIN message_info i ON i.id = r.message_id
+                     CROSS JOIN messages m ON m.id = r.message_id WHERE r.status = ?1",
+                ),
+                "r.message_id",
             )
         }
-        None => String::from(
-            "SELECT m.id, m.mail_from, i.subject, m.received_at FROM messages m
-             JOIN message_info i ON i.id = m.id WHERE 1",
+        (None, None) => (
+            String::from(
+                "SELECT m.id, m.mail_from, i.subject, m.received_at FROM messages m
+                 JOIN message_info i ON i.id = m.id WHERE 1",
+            ),
+            "m.id",
         ),
     };
-    if let Some(status) = q.status {
-        args.push(status.as_str().to_string().into());
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = ?{})",
-            args.len()
-        ));
-    }
     if let Some(since) = q.since {
         // Queue ids begin with the arrival time in hex milliseconds, so the
         // primary key orders and bounds by time.
         args.push(format!("{:012X}", since.max(0)).into());
-        sql.push_str(&format!(" AND m.id >= ?{}", args.len()));
+        sql.push_str(&format!(" AND {id} >= ?{}", args.len()));
     }
     if let Some(before) = &q.before {
         args.push(before.as_str().to_string().into());
-        sql.push_str(&format!(" AND m.id < ?{}", args.len()));
+        sql.push_str(&format!(" AND {id} < ?{}", args.len()));
     }
     sql.push_str(&scope_sql("i.sending_domain", &q.domains, &mut args));
     args.push((q.limit as i64).into());
-    sql.push_str(&format!(" ORDER BY m.id DESC LIMIT ?{}", args.len()));
+    sql.push_str(&format!(" ORDER BY {id} DESC LIMIT ?{}", args.len()));
+    (sql, args)
+}
+
+fn search(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<MessageRow>> {
+    // Whole words first: the prefix of a word nearly every message holds (the
+    // `example` ending a typed address) makes FTS5 merge that word's postings
+    // for the whole store. Only when the words as typed match nothing is the
+    // last one taken as the beginning of a word (`bob@exam`).
+    let text = q.text.as_deref().unwrap_or("");
+    let Some(whole) = fts_query(text, false) else {
+        return search_page(conn, q, None);
+    };
+    let rows = search_page(conn, q, Some(whole))?;
+    if !rows.is_empty() {
+        return Ok(rows);
+    }
+    search_page(conn, q, fts_query(text, true))
+}
+
+fn search_page(
+    conn: &Connection,
+    q: &MessageQuery,
+    text: Option<String>,
+) -> rusqlite::Result<Vec<MessageRow>> {
+    let (sql, args) = search_sql(q, text);
     let mut rows: Vec<MessageRow> = conn
         .prepare(&sql)?
         .query_map(params_from_iter(args), |row| {
@@ -541,11 +594,156 @@ mod tests {
     #[test]
     fn free_text_becomes_quoted_phrases() {
         assert_eq!(
-            fts_query("bob@example.com").unwrap(),
+            fts_query("bob@example.com", true).unwrap(),
             "\"bob@example.com\"*"
         );
-        assert_eq!(fts_query(" a  \"b ").unwrap(), "\"a\" \"\"\"b\"*");
-        assert_eq!(fts_query("  "), None);
+        assert_eq!(
+            fts_query("bob@example.com", false).unwrap(),
+            "\"bob@example.com\""
+        );
+        assert_eq!(fts_query(" a  \"b ", true).unwrap(), "\"a\" \"\"\"b\"*");
+        assert_eq!(fts_query("  ", false), None);
+    }
+
+    /// Messages 0-5, two recipients each, from a.example (even) and b.example
+    /// (odd); both recipients of 0, 3 and 4 bounce, the others' are delivered.
+    async fn six_messages() -> (tempfile::TempDir, std::sync::Arc<SqliteStore>, Vec<QueueId>) {
+        use crate::store::QueueStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..6u32 {
+            let mut msg = super::super::test_message(&["x@dest.example", "y@dest.example"]);
+            msg.id = format!("{:012X}{n:08X}", 1_000 + n).parse().unwrap();
+            let from = if n % 2 == 0 {
+                "s@a.example"
+            } else {
+                "s@b.example"
+            };
+            msg.mail_from = crate::smtp::Mailbox::parse(from);
+            let id = msg.id.clone();
+            store.enqueue(msg).await.unwrap();
+            let status = if [0, 3, 4].contains(&n) {
+                RecipientStatus::Bounced
+            } else {
+                RecipientStatus::Delivered
+            };
+            let updates = (0..2)
+                .map(|idx| RecipientUpdate {
+                    idx,
+                    status,
+                    next_attempt: 0,
+                    reply: "250 or 550".into(),
+                    class: None,
+                    attempted: true,
+                    path: Default::default(),
+                })
+                .collect();
+            store.record_attempt(&id, updates, 2_000).await.unwrap();
+            ids.push(id);
+        }
+        (dir, store, ids)
+    }
+
+    async fn found(store: &SqliteStore, q: MessageQuery) -> Vec<QueueId> {
+        let q = MessageQuery { limit: 10, ..q };
+        let rows = store.search_messages(q).await.unwrap();
+        rows.into_iter().map(|r| r.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_state_lists_its_messages_newest_first_once_each() {
+        let (_dir, store, ids) = six_messages().await;
+        let bounced = || MessageQuery {
+            status: Some(RecipientStatus::Bounced),
+            ..Default::default()
+        };
+        let all_bounced = [ids[4].clone(), ids[3].clone(), ids[0].clone()];
+        assert_eq!(found(&store, bounced()).await, all_bounced);
+        let rows = store
+            .search_messages(MessageQuery {
+                limit: 2,
+                ..bounced()
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows.len(), rows[0].recipients), (2, 2));
+        assert_eq!(rows[0].statuses, ["bounced"]);
+        let older = MessageQuery {
+            before: Some(ids[3].clone()),
+            ..bounced()
+        };
+        assert_eq!(found(&store, older).await, [ids[0].clone()]);
+        let since = MessageQuery {
+            since: Some(1_003),
+            ..bounced()
+        };
+        assert_eq!(found(&store, since).await, [ids[4].clone(), ids[3].clone()]);
+        let scoped = MessageQuery {
+            domains: Some(vec!["A.example".into()]),
+            ..bounced()
+        };
+        assert_eq!(
+            found(&store, scoped).await,
+            [ids[4].clone(), ids[0].clone()]
+        );
+        let queued = MessageQuery {
+            status: Some(RecipientStatus::Queued),
+            ..Default::default()
+        };
+        assert!(found(&store, queued).await.is_empty());
+        let text = MessageQuery {
+            text: Some("y@dest.example".into()),
+            ..bounced()
+        };
+        assert_eq!(found(&store, text).await, all_bounced);
+    }
+
+    #[tokio::test]
+    async fn whole_words_first_then_the_last_as_a_beginning() {
+        let (_dir, store, ids) = six_messages().await;
+        let text = |t: &str| MessageQuery {
+            text: Some(t.into()),
+            ..Default::default()
+        };
+        let newest_first: Vec<QueueId> = ids.iter().rev().cloned().collect();
+        assert_eq!(found(&store, text("x@dest.example")).await, newest_first);
+        assert_eq!(found(&store, text("X@Dest.exam")).await, newest_first);
+        assert_eq!(found(&store, text("s@b.example")).await.len(), 3);
+        assert!(found(&store, text("x@dest.examples")).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_state_filter_is_served_by_its_index() {
+        let (_dir, store, _) = six_messages().await;
+        for text in [None, Some("\"x\"".to_string())] {
+            let q = MessageQuery {
+                status: Some(RecipientStatus::Bounced),
+                domains: Some(vec!["a.example".into()]),
+                limit: 51,
+                ..Default::default()
+            };
+            let (sql, args) = search_sql(&q, text);
+            let plan: Vec<String> = store
+                .read(move |conn| {
+                    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map(params_from_iter(args), |row| row.get(3))?
+                        .collect()
+                })
+                .await
+                .unwrap();
+            assert!(
+                plan.iter().any(|l| l.contains("recipients_status")),
+                "{plan:?}"
+            );
+            // Neither messages nor recipients are walked whole.
+            assert!(
+                !plan
+                    .iter()
+                    .any(|l| ["SCAN m", "SCAN r"].contains(&l.split(" USING").next().unwrap_or(l))),
+                "{plan:?}"
+            );
+        }
     }
 
     #[test]
