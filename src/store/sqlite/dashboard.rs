@@ -301,6 +301,22 @@ fn fts_query(text: &str, prefix: bool) -> Option<String> {
     ))
 }
 
+/// ` AND {id} >= ? AND {id} < ?` for the period and the page, parameters appended.
+fn bounds_sql(q: &MessageQuery, id: &str, args: &mut Vec<rusqlite::types::Value>) -> String {
+    let mut sql = String::new();
+    if let Some(since) = q.since {
+        // Queue ids begin with the arrival time in hex milliseconds, so the
+        // primary key orders and bounds by time.
+        args.push(format!("{:012X}", since.max(0)).into());
+        sql.push_str(&format!(" AND {id} >= ?{}", args.len()));
+    }
+    if let Some(before) = &q.before {
+        args.push(before.as_str().to_string().into());
+        sql.push_str(&format!(" AND {id} < ?{}", args.len()));
+    }
+    sql
+}
+
 /// The statement of one search (`text` an FTS5 query) and its parameters.
 fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::types::Value>) {
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -309,9 +325,10 @@ fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::
     // match. With a state alone, `recipients_status` (state, message id) lists
     // that state's messages newest first, however rare the state; CROSS JOIN
     // keeps SQLite from starting elsewhere, and DISTINCT shows a message whose
-    // recipients share the state once. With neither, the primary key.
-    let (mut sql, id) = match (text, q.status) {
-        (Some(text), status) => {
+    // recipients share the state once. With neither, the primary key for an
+    // admin, and each domain's range of `message_info_domain` for a tenant.
+    let (mut sql, id) = match (text, q.status, &q.domains) {
+        (Some(text), status, _) => {
             args.push(text.into());
             let mut sql = String::from(
                 "SELECT m.id, m.mail_from, i.subject, m.received_at FROM message_search
@@ -327,7 +344,7 @@ fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::
             }
             (sql, "m.id")
         }
-        (None, Some(status)) => {
+        (None, Some(status), _) => {
             args.push(status.as_str().to_string().into());
             (
                 String::from(
@@ -338,7 +355,8 @@ fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::
                 "r.message_id",
             )
         }
-        (None, None) => (
+        (None, None, Some(domains)) => return tenant_newest_sql(q, domains),
+        (None, None, None) => (
             String::from(
                 "SELECT m.id, m.mail_from, i.subject, m.received_at FROM messages m
                  JOIN message_info i ON i.id = m.id WHERE 1",
@@ -346,20 +364,39 @@ fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::
             "m.id",
         ),
     };
-    if let Some(since) = q.since {
-        // Queue ids begin with the arrival time in hex milliseconds, so the
-        // primary key orders and bounds by time.
-        args.push(format!("{:012X}", since.max(0)).into());
-        sql.push_str(&format!(" AND {id} >= ?{}", args.len()));
-    }
-    if let Some(before) = &q.before {
-        args.push(before.as_str().to_string().into());
-        sql.push_str(&format!(" AND {id} < ?{}", args.len()));
-    }
+    sql.push_str(&bounds_sql(q, id, &mut args));
     sql.push_str(&scope_sql("i.sending_domain", &q.domains, &mut args));
     args.push((q.limit as i64).into());
     sql.push_str(&format!(" ORDER BY {id} DESC LIMIT ?{}", args.len()));
     (sql, args)
+}
+
+/// A tenant's newest messages (`domains` not empty): a page from each of its domains, newest first
+/// along `message_info_domain` (domain, id), merged. Walking every message
+/// newest first instead would pass all other tenants' mail first, and one index
+/// range for several domains would have to be sorted whole.
+fn tenant_newest_sql(
+    q: &MessageQuery,
+    domains: &[String],
+) -> (String, Vec<rusqlite::types::Value>) {
+    let mut args: Vec<rusqlite::types::Value> = vec![(q.limit as i64).into()];
+    let bounds = bounds_sql(q, "i.id", &mut args);
+    let parts: Vec<String> = domains
+        .iter()
+        .map(|d| {
+            args.push(d.to_ascii_lowercase().into());
+            format!(
+                "SELECT * FROM (SELECT m.id, m.mail_from, i.subject, m.received_at FROM message_info i
+                 CROSS JOIN messages m ON m.id = i.id WHERE i.sending_domain = ?{}{bounds}
+                 ORDER BY i.id DESC LIMIT ?1)",
+                args.len()
+            )
+        })
+        .collect();
+    (
+        format!("{} ORDER BY 1 DESC LIMIT ?1", parts.join(" UNION ALL ")),
+        args,
+    )
 }
 
 fn search(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<MessageRow>> {
@@ -367,6 +404,9 @@ fn search(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<MessageRo
     // `example` ending a typed address) makes FTS5 merge that word's postings
     // for the whole store. Only when the words as typed match nothing is the
     // last one taken as the beginning of a word (`bob@exam`).
+    if q.domains.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
     let text = q.text.as_deref().unwrap_or("");
     let Some(whole) = fts_query(text, false) else {
         return search_page(conn, q, None);
@@ -700,6 +740,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tenant_lists_its_domains_newest_messages() {
+        let (_dir, store, ids) = six_messages().await;
+        let of = |domains: &[&str]| MessageQuery {
+            domains: Some(domains.iter().map(|d| d.to_string()).collect()),
+            ..Default::default()
+        };
+        let a = [ids[4].clone(), ids[2].clone(), ids[0].clone()];
+        assert_eq!(found(&store, of(&["a.example"])).await, a);
+        let both: Vec<QueueId> = ids.iter().rev().cloned().collect();
+        assert_eq!(found(&store, of(&["b.example", "A.example"])).await, both);
+        let rows = store
+            .search_messages(MessageQuery {
+                limit: 3,
+                ..of(&["a.example", "b.example"])
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            (rows[0].id.clone(), rows[0].recipients),
+            (ids[5].clone(), 2)
+        );
+        assert_eq!(rows[0].mail_from, "s@b.example");
+        let page = MessageQuery {
+            before: Some(ids[4].clone()),
+            since: Some(1_001),
+            ..of(&["a.example", "b.example"])
+        };
+        assert_eq!(
+            found(&store, page).await,
+            ids[1..4].iter().rev().cloned().collect::<Vec<_>>()
+        );
+        assert!(found(&store, of(&[])).await.is_empty());
+        assert!(found(&store, of(&["c.example"])).await.is_empty());
+    }
+
+    #[tokio::test]
     async fn whole_words_first_then_the_last_as_a_beginning() {
         let (_dir, store, ids) = six_messages().await;
         let text = |t: &str| MessageQuery {
@@ -714,16 +791,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_state_filter_is_served_by_its_index() {
+    async fn filters_are_served_by_their_indexes() {
         let (_dir, store, _) = six_messages().await;
-        for text in [None, Some("\"x\"".to_string())] {
+        // The state filter, with and without text, and a tenant's newest.
+        let tests = [
+            (None, Some(RecipientStatus::Bounced), "recipients_status"),
+            (
+                Some("\"x\""),
+                Some(RecipientStatus::Bounced),
+                "recipients_status",
+            ),
+            (None, None, "message_info_domain"),
+        ];
+        for (text, status, index) in tests {
             let q = MessageQuery {
-                status: Some(RecipientStatus::Bounced),
+                status,
                 domains: Some(vec!["a.example".into()]),
                 limit: 51,
                 ..Default::default()
             };
-            let (sql, args) = search_sql(&q, text);
+            let (sql, args) = search_sql(&q, text.map(String::from));
             let plan: Vec<String> = store
                 .read(move |conn| {
                     conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
@@ -732,10 +819,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            assert!(
-                plan.iter().any(|l| l.contains("recipients_status")),
-                "{plan:?}"
-            );
+            assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
             // Neither messages nor recipients are walked whole.
             assert!(
                 !plan
