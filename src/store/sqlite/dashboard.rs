@@ -301,18 +301,33 @@ fn fts_query(text: &str, prefix: bool) -> Option<String> {
     ))
 }
 
-/// ` AND {id} >= ? AND {id} < ?` for the period and the page, parameters appended.
-fn bounds_sql(q: &MessageQuery, id: &str, args: &mut Vec<rusqlite::types::Value>) -> String {
+/// What a text search's pages are ordered by: the full-text row, which is the
+/// message's row, so the order messages were stored in. Queue ids are made as
+/// a message is accepted and stored moments later, so that is arrival order
+/// (but for messages accepted within the same moments), and FTS5 yields its
+/// matches in it: a word most messages hold fills a page without sorting them.
+const STORED: &str = "message_search.rowid";
+
+/// ` AND … >= ? AND … < ?` for the period and the page (`order`: what pages are
+/// ordered by, an id column or [`STORED`]), parameters appended.
+fn bounds_sql(q: &MessageQuery, order: &str, args: &mut Vec<rusqlite::types::Value>) -> String {
     let mut sql = String::new();
     if let Some(since) = q.since {
         // Queue ids begin with the arrival time in hex milliseconds, so the
         // primary key orders and bounds by time.
         args.push(format!("{:012X}", since.max(0)).into());
+        let id = if order == STORED { "m.id" } else { order };
         sql.push_str(&format!(" AND {id} >= ?{}", args.len()));
     }
     if let Some(before) = &q.before {
         args.push(before.as_str().to_string().into());
-        sql.push_str(&format!(" AND {id} < ?{}", args.len()));
+        let n = args.len();
+        let cursor = if order == STORED {
+            format!("(SELECT rowid FROM messages WHERE id = ?{n})")
+        } else {
+            format!("?{n}")
+        };
+        sql.push_str(&format!(" AND {order} < {cursor}"));
     }
     sql
 }
@@ -321,8 +336,8 @@ fn bounds_sql(q: &MessageQuery, id: &str, args: &mut Vec<rusqlite::types::Value>
 fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::types::Value>) {
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     // Each way walks in page order and stops at the page's end. With text, the
-    // full-text index drives (its matches are few) and a state is checked per
-    // match. With a state alone, `recipients_status` (state, message id) lists
+    // full-text index drives, in the order messages were stored, and a state is
+    // checked per match. With a state alone, `recipients_status` (state, message id) lists
     // that state's messages newest first, however rare the state; CROSS JOIN
     // keeps SQLite from starting elsewhere, and DISTINCT shows a message whose
     // recipients share the state once. With neither, the primary key for an
@@ -342,7 +357,7 @@ fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::
                     args.len()
                 ));
             }
-            (sql, "m.id")
+            (sql, STORED)
         }
         (None, Some(status), _) => {
             args.push(status.as_str().to_string().into());
@@ -788,6 +803,12 @@ mod tests {
         assert_eq!(found(&store, text("X@Dest.exam")).await, newest_first);
         assert_eq!(found(&store, text("s@b.example")).await.len(), 3);
         assert!(found(&store, text("x@dest.examples")).await.is_empty());
+        let page = MessageQuery {
+            before: Some(ids[3].clone()),
+            since: Some(1_001),
+            ..text("x@dest.example")
+        };
+        assert_eq!(found(&store, page).await, [ids[2].clone(), ids[1].clone()]);
     }
 
     #[tokio::test]
@@ -802,6 +823,7 @@ mod tests {
                 "recipients_status",
             ),
             (None, None, "message_info_domain"),
+            (Some("\"x\""), None, "message_search"),
         ];
         for (text, status, index) in tests {
             let q = MessageQuery {
@@ -820,6 +842,9 @@ mod tests {
                 .await
                 .unwrap();
             assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
+            // Matches come in page order: not all sorted first.
+            let sorted = plan.iter().any(|l| l.contains("TEMP B-TREE FOR ORDER BY"));
+            assert!(text.is_none() || !sorted, "{plan:?}");
             // Neither messages nor recipients are walked whole.
             assert!(
                 !plan
