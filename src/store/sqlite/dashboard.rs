@@ -323,7 +323,12 @@ fn bounds_sql(q: &MessageQuery, order: &str, args: &mut Vec<rusqlite::types::Val
         args.push(before.as_str().to_string().into());
         let n = args.len();
         let cursor = if order == STORED {
-            format!("(SELECT rowid FROM messages WHERE id = ?{n})")
+            // The cursor's row; if it was deleted since, the row after the
+            // newest older message.
+            format!(
+                "COALESCE((SELECT rowid FROM messages WHERE id = ?{n}),
+                          (SELECT rowid + 1 FROM messages WHERE id < ?{n} ORDER BY id DESC LIMIT 1), 0)"
+            )
         } else {
             format!("?{n}")
         };
@@ -809,6 +814,19 @@ mod tests {
             ..text("x@dest.example")
         };
         assert_eq!(found(&store, page).await, [ids[2].clone(), ids[1].clone()]);
+        // A cursor deleted since (or never there) pages from where it was.
+        let gone: QueueId = format!("{:012X}{:08X}", 1_003, 9).parse().unwrap();
+        let page = MessageQuery {
+            before: Some(gone),
+            ..text("x@dest.example")
+        };
+        let older: Vec<QueueId> = ids[..4].iter().rev().cloned().collect();
+        assert_eq!(found(&store, page).await, older);
+        let page = MessageQuery {
+            before: Some(ids[0].clone()),
+            ..text("x@dest.example")
+        };
+        assert!(found(&store, page).await.is_empty());
     }
 
     #[tokio::test]
