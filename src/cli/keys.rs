@@ -1,11 +1,11 @@
 //! `outpost key add|list|revoke`: API keys of a user (see `outpost::auth::api_key`).
 
-use super::{domain_name, open_store};
+use super::open_store;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use outpost::auth::api_key;
 use outpost::config::Config;
-use outpost::store::{AccountStore, ApiKeyStore, NewApiKey};
+use outpost::store::ApiKeyStore;
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
@@ -37,40 +37,16 @@ pub async fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
             name,
             domains,
         } => {
-            let Some(record) = store.user(&user).await? else {
-                bail!("no user {user:?}");
-            };
-            let mut checked = Vec::new();
-            for d in &domains {
-                let domain = domain_name(d).ok().filter(|d| record.domains.contains(d));
-                let Some(domain) = domain else {
-                    bail!(
-                        "--domain {d:?} is not a domain of {user} (its domains: {})",
-                        record.domains.join(", ")
-                    );
-                };
-                checked.push(domain);
-            }
-            let key = api_key::generate();
-            let Some(id) = store
-                .add_api_key(NewApiKey {
-                    user: user.clone(),
-                    name,
-                    key_hash: api_key::hash(&key),
-                    domains: checked.clone(),
-                    created_at: chrono::Utc::now().timestamp_millis(),
-                })
-                .await?
-            else {
-                bail!("no user {user:?}");
-            };
-            let scope = if checked.is_empty() {
+            let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+            let now = chrono::Utc::now().timestamp_millis();
+            let issued = api_key::issue(&*store, &user, name, &domains, now).await?;
+            let scope = if issued.domains.is_empty() {
                 format!("every domain of {user}")
             } else {
-                checked.join(", ")
+                issued.domains.join(", ")
             };
-            println!("key {id} added for {user} (domains: {scope})");
-            println!("key: {key}");
+            println!("key {} added for {user} (domains: {scope})", issued.id);
+            println!("key: {}", issued.key);
             println!("(shown once; only its hash is stored)");
         }
         KeyCommand::List { user } => {

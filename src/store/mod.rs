@@ -201,6 +201,10 @@ pub trait AccountStore: Send + Sync {
     fn remove_user(&self, name: &str) -> StoreFuture<'_, bool>;
     /// False if there is no such user.
     fn set_password(&self, name: &str, password_hash: &str) -> StoreFuture<'_, bool>;
+    /// Lets a user send as `domain` too; false if there is no such user.
+    fn grant_domain(&self, name: &str, domain: &str) -> StoreFuture<'_, bool>;
+    /// Takes `domain` from a user's grants; false if it was not granted.
+    fn revoke_domain(&self, name: &str, domain: &str) -> StoreFuture<'_, bool>;
 }
 
 /// The whole store: every role. Implemented for any type that has them all.

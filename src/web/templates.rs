@@ -19,6 +19,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("templates/suppressions.html"),
     ),
     ("users.html", include_str!("templates/users.html")),
+    ("user.html", include_str!("templates/user.html")),
     ("webhooks.html", include_str!("templates/webhooks.html")),
 ];
 

@@ -474,6 +474,30 @@ def main():
             alice.shot("webhooks")
             alice.sign_out()
 
+        def admin_edits_a_user():
+            alice.sign_in(ROOT)
+            alice.wait_text("Overview")
+            alice.open("/users")
+            alice.d.find_element(By.CSS_SELECTOR, "[data-user='bob'] a[href='/users/edit?name=bob']").click()
+            alice.wait_text("Granted sending domains")
+            alice.d.find_element(By.ID, "grant").send_keys("shop.example")
+            alice.d.find_element(By.CSS_SELECTOR, "form[action='/users/domains/grant'] button").click()
+            alice.wait_text("bob may now send as shop.example")
+            alice.d.find_element(By.ID, "key-name").send_keys("e2e app")
+            alice.d.find_element(By.CSS_SELECTOR, "form[action='/users/keys'] button").click()
+            alice.wait_text("The key, shown only this once")
+            key = alice.d.find_element(By.CSS_SELECTOR, "code.secret").text
+            check(key.startswith("opk_"), f"no key shown: {key!r}")
+            alice.shot("user")
+            status, _ = api.call("GET", "/v1/stats", ("bob", key))
+            check(status == 200, f"the new key was refused: {status}")
+            alice.d.find_element(By.CSS_SELECTOR, "[data-key] form[action='/users/keys/revoke'] button").click()
+            alice.wait_text("revoked")
+            # The key's refusal is tested over HTTP in tests/web (a refused key
+            # here would count against the lockout step's address).
+            check(not alice.d.find_elements(By.CSS_SELECTOR, "[data-key]"), "the revoked key is listed")
+            alice.sign_out()
+
         def wrong_passwords_then_lockout():
             for i in range(MAX_FAILURES):
                 alice.sign_in((ALICE[0], f"wrong {i}"))
@@ -496,6 +520,7 @@ def main():
         suite.run("accessibility: axe-core finds no critical violation", accessibility)
         suite.run("another user sees none of alice's messages or domains", bob_sees_nothing_of_alice)
         suite.run("an admin sees every message, the users and the webhooks", admin_pages)
+        suite.run("an admin grants a domain, makes an API key that works and revokes it", admin_edits_a_user)
         suite.run("wrong passwords stay on /login, then the address is locked", wrong_passwords_then_lockout)
     except Failure as e:
         suite.failed += 1

@@ -1,6 +1,7 @@
 //! HTTP-level tests of the web dashboard through the real server: every page's
 //! status and key content, sign-in and its throttle, CSRF, tenants, and the
-//! actions (suppress, add a domain, retry from the queue, add a user). Requests
+//! actions (suppress, add a domain, retry from the queue, add a user, grant a
+//! domain, make and revoke an API key). Requests
 //! are made with reqwest, cookies kept by hand, redirects not followed, so each
 //! step's answer is what is asserted. Browser tests of the same pages are in
 //! tests/e2e/web_dashboard.py.
@@ -11,6 +12,7 @@ mod support;
 mod actions;
 mod pages;
 mod sign_in;
+mod users;
 
 use outpost::server::Running;
 use outpost::store::UserRecord;

@@ -240,6 +240,63 @@ impl AccountStore for SqliteStore {
             )
         }))
     }
+
+    fn grant_domain(&self, name: &str, domain: &str) -> StoreFuture<'_, bool> {
+        let (name, domain) = (name.to_string(), domain.to_ascii_lowercase());
+        Box::pin(self.write(move |conn| {
+            // Granting a domain twice is no change, but the user exists.
+            conn.execute(
+                "INSERT OR IGNORE INTO user_domains (user, domain) SELECT name, ?2 FROM users WHERE name = ?1",
+                [&name, &domain],
+            )
+            .map_err(backend)?;
+            conn.query_row("SELECT 1 FROM users WHERE name = ?1", [&name], |_| Ok(()))
+                .optional()
+                .map(|found| found.is_some())
+                .map_err(backend)
+        }))
+    }
+
+    fn revoke_domain(&self, name: &str, domain: &str) -> StoreFuture<'_, bool> {
+        let (name, domain) = (name.to_string(), domain.to_ascii_lowercase());
+        Box::pin(self.write(move |conn| {
+            changes_rows(
+                conn,
+                "DELETE FROM user_domains WHERE user = ?1 AND domain = ?2",
+                [name, domain],
+            )
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn domains_are_granted_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        assert!(!store.grant_domain("alice", "a.example").await.unwrap());
+        store
+            .add_user(UserRecord {
+                name: "alice".into(),
+                password_hash: "x".into(),
+                admin: false,
+                domains: vec!["a.example".into()],
+            })
+            .await
+            .unwrap();
+        assert!(store.grant_domain("alice", "B.example").await.unwrap());
+        assert!(store.grant_domain("alice", "b.example").await.unwrap());
+        let alice = store.user("alice").await.unwrap().unwrap();
+        assert_eq!(alice.domains, ["a.example", "b.example"]);
+        assert!(store.revoke_domain("alice", "A.example").await.unwrap());
+        assert!(!store.revoke_domain("alice", "a.example").await.unwrap());
+        assert!(!store.revoke_domain("bob", "b.example").await.unwrap());
+        let alice = store.user("alice").await.unwrap().unwrap();
+        assert_eq!(alice.domains, ["b.example"]);
+    }
 }
 
 #[cfg(test)]

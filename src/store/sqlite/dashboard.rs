@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts(message_id);
 CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address);
 CREATE INDEX IF NOT EXISTS recipients_domain_pending ON recipients(domain, status);
+-- The message list's status filter: a state's messages, newest first. One more
+-- index entry per recipient written, on hot pages (new ids sort last).
+CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, message_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(text, tokenize = 'unicode61');
 CREATE TRIGGER IF NOT EXISTS message_search_delete AFTER DELETE ON messages BEGIN
     DELETE FROM message_search WHERE rowid = old.rowid;
@@ -308,8 +311,9 @@ fn scope_sql(
 }
 
 /// Free text as an FTS5 query: each word a quoted phrase (so `@`, `.` and
-/// operators are plain text), all required, the last a prefix.
-fn fts_query(text: &str) -> Option<String> {
+/// operators are plain text), all required; with `prefix`, the last word may
+/// also be the beginning of a longer one.
+fn fts_query(text: &str, prefix: bool) -> Option<String> {
     let words: Vec<String> = text
         .split_whitespace()
         .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
@@ -317,47 +321,156 @@ fn fts_query(text: &str) -> Option<String> {
     if words.is_empty() {
         return None;
     }
-    Some(format!("{}*", words.join(" ")))
+    Some(format!(
+        "{}{}",
+        words.join(" "),
+        if prefix { "*" } else { "" }
+    ))
 }
 
-fn search(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<MessageRow>> {
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    // With text, the full-text index drives (its matches are few); without,
-    // the primary key is walked newest first and stops at the page's end.
-    let mut sql = match q.text.as_deref().and_then(fts_query) {
-        Some(text) => {
-            args.push(text.into());
-            String::from(
-                "SELECT m.id, m.mail_from, i.subject, m.received_at FROM message_search
-                 JOIN messages m ON m.rowid = message_search.rowid
-                 JOIN message_info i ON i.id = m.id WHERE message_search MATCH ?1",
-            )
-        }
-        None => String::from(
-            "SELECT m.id, m.mail_from, i.subject, m.received_at FROM messages m
-             JOIN message_info i ON i.id = m.id WHERE 1",
-        ),
-    };
-    if let Some(status) = q.status {
-        args.push(status.as_str().to_string().into());
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = ?{})",
-            args.len()
-        ));
-    }
+/// What a text search's pages are ordered by: the full-text row, which is the
+/// message's row, so the order messages were stored in. Queue ids are made as
+/// a message is accepted and stored moments later, so that is arrival order
+/// (but for messages accepted within the same moments), and FTS5 yields its
+/// matches in it: a word most messages hold fills a page without sorting them.
+const STORED: &str = "message_search.rowid";
+
+/// ` AND … >= ? AND … < ?` for the period and the page (`order`: what pages are
+/// ordered by, an id column or [`STORED`]), parameters appended.
+fn bounds_sql(q: &MessageQuery, order: &str, args: &mut Vec<rusqlite::types::Value>) -> String {
+    let mut sql = String::new();
     if let Some(since) = q.since {
         // Queue ids begin with the arrival time in hex milliseconds, so the
         // primary key orders and bounds by time.
         args.push(format!("{:012X}", since.max(0)).into());
-        sql.push_str(&format!(" AND m.id >= ?{}", args.len()));
+        let id = if order == STORED { "m.id" } else { order };
+        sql.push_str(&format!(" AND {id} >= ?{}", args.len()));
     }
     if let Some(before) = &q.before {
         args.push(before.as_str().to_string().into());
-        sql.push_str(&format!(" AND m.id < ?{}", args.len()));
+        let n = args.len();
+        let cursor = if order == STORED {
+            // The cursor's row; if it was deleted since, the row after the
+            // newest older message.
+            format!(
+                "COALESCE((SELECT rowid FROM messages WHERE id = ?{n}),
+                          (SELECT rowid + 1 FROM messages WHERE id < ?{n} ORDER BY id DESC LIMIT 1), 0)"
+            )
+        } else {
+            format!("?{n}")
+        };
+        sql.push_str(&format!(" AND {order} < {cursor}"));
     }
+    sql
+}
+
+/// The statement of one search (`text` an FTS5 query) and its parameters.
+fn search_sql(q: &MessageQuery, text: Option<String>) -> (String, Vec<rusqlite::types::Value>) {
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    // Each way walks in page order and stops at the page's end. With text, the
+    // full-text index drives, in the order messages were stored, and a state is
+    // checked per match. With a state alone, `recipients_status` (state, message id) lists
+    // that state's messages newest first, however rare the state; CROSS JOIN
+    // keeps SQLite from starting elsewhere, and DISTINCT shows a message whose
+    // recipients share the state once. With neither, the primary key for an
+    // admin, and each domain's range of `message_info_domain` for a tenant.
+    let (mut sql, id) = match (text, q.status, &q.domains) {
+        (Some(text), status, _) => {
+            args.push(text.into());
+            let mut sql = String::from(
+                "SELECT m.id, m.mail_from, i.subject, m.received_at FROM message_search
+                 JOIN messages m ON m.rowid = message_search.rowid
+                 JOIN message_info i ON i.id = m.id WHERE message_search MATCH ?1",
+            );
+            if let Some(status) = status {
+                args.push(status.as_str().to_string().into());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM recipients r WHERE r.status = ?{} AND r.message_id = m.id)",
+                    args.len()
+                ));
+            }
+            (sql, STORED)
+        }
+        (None, Some(status), _) => {
+            args.push(status.as_str().to_string().into());
+            (
+                String::from(
+                    "SELECT DISTINCT m.id, m.mail_from, i.subject, m.received_at FROM recipients r
+                     CROSS JOIN message_info i ON i.id = r.message_id
+                     CROSS JOIN messages m ON m.id = r.message_id WHERE r.status = ?1",
+                ),
+                "r.message_id",
+            )
+        }
+        (None, None, Some(domains)) => return tenant_newest_sql(q, domains),
+        (None, None, None) => (
+            String::from(
+                "SELECT m.id, m.mail_from, i.subject, m.received_at FROM messages m
+                 JOIN message_info i ON i.id = m.id WHERE 1",
+            ),
+            "m.id",
+        ),
+    };
+    sql.push_str(&bounds_sql(q, id, &mut args));
     sql.push_str(&scope_sql("i.sending_domain", &q.domains, &mut args));
     args.push((q.limit as i64).into());
-    sql.push_str(&format!(" ORDER BY m.id DESC LIMIT ?{}", args.len()));
+    sql.push_str(&format!(" ORDER BY {id} DESC LIMIT ?{}", args.len()));
+    (sql, args)
+}
+
+/// A tenant's newest messages (`domains` not empty): a page from each of its domains, newest first
+/// along `message_info_domain` (domain, id), merged. Walking every message
+/// newest first instead would pass all other tenants' mail first, and one index
+/// range for several domains would have to be sorted whole.
+fn tenant_newest_sql(
+    q: &MessageQuery,
+    domains: &[String],
+) -> (String, Vec<rusqlite::types::Value>) {
+    let mut args: Vec<rusqlite::types::Value> = vec![(q.limit as i64).into()];
+    let bounds = bounds_sql(q, "i.id", &mut args);
+    let parts: Vec<String> = domains
+        .iter()
+        .map(|d| {
+            args.push(d.to_ascii_lowercase().into());
+            format!(
+                "SELECT * FROM (SELECT m.id, m.mail_from, i.subject, m.received_at FROM message_info i
+                 CROSS JOIN messages m ON m.id = i.id WHERE i.sending_domain = ?{}{bounds}
+                 ORDER BY i.id DESC LIMIT ?1)",
+                args.len()
+            )
+        })
+        .collect();
+    (
+        format!("{} ORDER BY 1 DESC LIMIT ?1", parts.join(" UNION ALL ")),
+        args,
+    )
+}
+
+fn search(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<MessageRow>> {
+    // Whole words first: the prefix of a word nearly every message holds (the
+    // `example` ending a typed address) makes FTS5 merge that word's postings
+    // for the whole store. Only when the words as typed match nothing is the
+    // last one taken as the beginning of a word (`bob@exam`).
+    if q.domains.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let text = q.text.as_deref().unwrap_or("");
+    let Some(whole) = fts_query(text, false) else {
+        return search_page(conn, q, None);
+    };
+    let rows = search_page(conn, q, Some(whole))?;
+    if !rows.is_empty() {
+        return Ok(rows);
+    }
+    search_page(conn, q, fts_query(text, true))
+}
+
+fn search_page(
+    conn: &Connection,
+    q: &MessageQuery,
+    text: Option<String>,
+) -> rusqlite::Result<Vec<MessageRow>> {
+    let (sql, args) = search_sql(q, text);
     let mut rows: Vec<MessageRow> = conn
         .prepare(&sql)?
         .query_map(params_from_iter(args), |row| {
@@ -568,11 +681,223 @@ mod tests {
     #[test]
     fn free_text_becomes_quoted_phrases() {
         assert_eq!(
-            fts_query("bob@example.com").unwrap(),
+            fts_query("bob@example.com", true).unwrap(),
             "\"bob@example.com\"*"
         );
-        assert_eq!(fts_query(" a  \"b ").unwrap(), "\"a\" \"\"\"b\"*");
-        assert_eq!(fts_query("  "), None);
+        assert_eq!(
+            fts_query("bob@example.com", false).unwrap(),
+            "\"bob@example.com\""
+        );
+        assert_eq!(fts_query(" a  \"b ", true).unwrap(), "\"a\" \"\"\"b\"*");
+        assert_eq!(fts_query("  ", false), None);
+    }
+
+    /// Messages 0-5, two recipients each, from a.example (even) and b.example
+    /// (odd); both recipients of 0, 3 and 4 bounce, the others' are delivered.
+    async fn six_messages() -> (tempfile::TempDir, std::sync::Arc<SqliteStore>, Vec<QueueId>) {
+        use crate::store::QueueStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..6u32 {
+            let mut msg = super::super::test_message(&["x@dest.example", "y@dest.example"]);
+            msg.id = format!("{:012X}{n:08X}", 1_000 + n).parse().unwrap();
+            let from = if n % 2 == 0 {
+                "s@a.example"
+            } else {
+                "s@b.example"
+            };
+            msg.mail_from = crate::smtp::Mailbox::parse(from);
+            let id = msg.id.clone();
+            store.enqueue(msg).await.unwrap();
+            let status = if [0, 3, 4].contains(&n) {
+                RecipientStatus::Bounced
+            } else {
+                RecipientStatus::Delivered
+            };
+            let updates = (0..2)
+                .map(|idx| RecipientUpdate {
+                    idx,
+                    status,
+                    next_attempt: 0,
+                    reply: "250 or 550".into(),
+                    class: None,
+                    attempted: true,
+                    path: Default::default(),
+                })
+                .collect();
+            store.record_attempt(&id, updates, 2_000).await.unwrap();
+            ids.push(id);
+        }
+        (dir, store, ids)
+    }
+
+    async fn found(store: &SqliteStore, q: MessageQuery) -> Vec<QueueId> {
+        let q = MessageQuery { limit: 10, ..q };
+        let rows = store.search_messages(q).await.unwrap();
+        rows.into_iter().map(|r| r.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_state_lists_its_messages_newest_first_once_each() {
+        let (_dir, store, ids) = six_messages().await;
+        let bounced = || MessageQuery {
+            status: Some(RecipientStatus::Bounced),
+            ..Default::default()
+        };
+        let all_bounced = [ids[4].clone(), ids[3].clone(), ids[0].clone()];
+        assert_eq!(found(&store, bounced()).await, all_bounced);
+        let rows = store
+            .search_messages(MessageQuery {
+                limit: 2,
+                ..bounced()
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows.len(), rows[0].recipients), (2, 2));
+        assert_eq!(rows[0].statuses, ["bounced"]);
+        let older = MessageQuery {
+            before: Some(ids[3].clone()),
+            ..bounced()
+        };
+        assert_eq!(found(&store, older).await, [ids[0].clone()]);
+        let since = MessageQuery {
+            since: Some(1_003),
+            ..bounced()
+        };
+        assert_eq!(found(&store, since).await, [ids[4].clone(), ids[3].clone()]);
+        let scoped = MessageQuery {
+            domains: Some(vec!["A.example".into()]),
+            ..bounced()
+        };
+        assert_eq!(
+            found(&store, scoped).await,
+            [ids[4].clone(), ids[0].clone()]
+        );
+        let queued = MessageQuery {
+            status: Some(RecipientStatus::Queued),
+            ..Default::default()
+        };
+        assert!(found(&store, queued).await.is_empty());
+        let text = MessageQuery {
+            text: Some("y@dest.example".into()),
+            ..bounced()
+        };
+        assert_eq!(found(&store, text).await, all_bounced);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_lists_its_domains_newest_messages() {
+        let (_dir, store, ids) = six_messages().await;
+        let of = |domains: &[&str]| MessageQuery {
+            domains: Some(domains.iter().map(|d| d.to_string()).collect()),
+            ..Default::default()
+        };
+        let a = [ids[4].clone(), ids[2].clone(), ids[0].clone()];
+        assert_eq!(found(&store, of(&["a.example"])).await, a);
+        let both: Vec<QueueId> = ids.iter().rev().cloned().collect();
+        assert_eq!(found(&store, of(&["b.example", "A.example"])).await, both);
+        let rows = store
+            .search_messages(MessageQuery {
+                limit: 3,
+                ..of(&["a.example", "b.example"])
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            (rows[0].id.clone(), rows[0].recipients),
+            (ids[5].clone(), 2)
+        );
+        assert_eq!(rows[0].mail_from, "s@b.example");
+        let page = MessageQuery {
+            before: Some(ids[4].clone()),
+            since: Some(1_001),
+            ..of(&["a.example", "b.example"])
+        };
+        assert_eq!(
+            found(&store, page).await,
+            ids[1..4].iter().rev().cloned().collect::<Vec<_>>()
+        );
+        assert!(found(&store, of(&[])).await.is_empty());
+        assert!(found(&store, of(&["c.example"])).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn whole_words_first_then_the_last_as_a_beginning() {
+        let (_dir, store, ids) = six_messages().await;
+        let text = |t: &str| MessageQuery {
+            text: Some(t.into()),
+            ..Default::default()
+        };
+        let newest_first: Vec<QueueId> = ids.iter().rev().cloned().collect();
+        assert_eq!(found(&store, text("x@dest.example")).await, newest_first);
+        assert_eq!(found(&store, text("X@Dest.exam")).await, newest_first);
+        assert_eq!(found(&store, text("s@b.example")).await.len(), 3);
+        assert!(found(&store, text("x@dest.examples")).await.is_empty());
+        let page = MessageQuery {
+            before: Some(ids[3].clone()),
+            since: Some(1_001),
+            ..text("x@dest.example")
+        };
+        assert_eq!(found(&store, page).await, [ids[2].clone(), ids[1].clone()]);
+        // A cursor deleted since (or never there) pages from where it was.
+        let gone: QueueId = format!("{:012X}{:08X}", 1_003, 9).parse().unwrap();
+        let page = MessageQuery {
+            before: Some(gone),
+            ..text("x@dest.example")
+        };
+        let older: Vec<QueueId> = ids[..4].iter().rev().cloned().collect();
+        assert_eq!(found(&store, page).await, older);
+        let page = MessageQuery {
+            before: Some(ids[0].clone()),
+            ..text("x@dest.example")
+        };
+        assert!(found(&store, page).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn filters_are_served_by_their_indexes() {
+        let (_dir, store, _) = six_messages().await;
+        // The state filter, with and without text, and a tenant's newest.
+        let tests = [
+            (None, Some(RecipientStatus::Bounced), "recipients_status"),
+            (
+                Some("\"x\""),
+                Some(RecipientStatus::Bounced),
+                "recipients_status",
+            ),
+            (None, None, "message_info_domain"),
+            (Some("\"x\""), None, "message_search"),
+        ];
+        for (text, status, index) in tests {
+            let q = MessageQuery {
+                status,
+                domains: Some(vec!["a.example".into()]),
+                limit: 51,
+                ..Default::default()
+            };
+            let (sql, args) = search_sql(&q, text.map(String::from));
+            let plan: Vec<String> = store
+                .read(move |conn| {
+                    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map(params_from_iter(args), |row| row.get(3))?
+                        .collect()
+                })
+                .await
+                .unwrap();
+            assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
+            // Matches come in page order: not all sorted first.
+            let sorted = plan.iter().any(|l| l.contains("TEMP B-TREE FOR ORDER BY"));
+            assert!(text.is_none() || !sorted, "{plan:?}");
+            // Neither messages nor recipients are walked whole.
+            assert!(
+                !plan
+                    .iter()
+                    .any(|l| ["SCAN m", "SCAN r"].contains(&l.split(" USING").next().unwrap_or(l))),
+                "{plan:?}"
+            );
+        }
     }
 
     #[tokio::test]
