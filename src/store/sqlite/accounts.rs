@@ -271,6 +271,7 @@ impl AccountStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_message as message;
     use super::*;
 
     #[tokio::test]
@@ -297,12 +298,6 @@ mod tests {
         let alice = store.user("alice").await.unwrap().unwrap();
         assert_eq!(alice.domains, ["b.example"]);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::test_message as message;
-    use crate::store::*;
 
     #[tokio::test]
     async fn pausing_and_resuming_a_domain_is_logged_and_frees_its_mail() {
