@@ -42,12 +42,16 @@
 //! process died are delivered again (at least once).
 
 mod api_keys;
+#[cfg(test)]
+pub(crate) mod contract;
 mod dashboard;
+mod postgres;
 mod sqlite;
 mod types;
 
 pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use dashboard::*;
+pub use postgres::{PostgresStore, parse_url as parse_postgres_url};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
