@@ -18,16 +18,21 @@ pub mod user;
 
 use anyhow::{Context, Result, bail};
 use outpost::config::Config;
+use outpost::config::StoreLocation;
 use outpost::dns::HickoryResolver;
-use outpost::store::SqliteStore;
+use outpost::store::{SqliteStore, Store};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The store of the configured data directory, created when there is none (for
-/// the commands that add something). A new store is announced with its full path,
-/// so one created in the wrong directory is noticed at once.
-pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
+/// The configured store, created when there is none (for the commands that add
+/// something). A new SQLite store is announced with its full path, so one created
+/// in the wrong directory is noticed at once; a PostgreSQL database gets its
+/// tables the first time any command or node opens it.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    let StoreLocation::Sqlite = config.store.location() else {
+        return open_postgres(config).await;
+    };
     let database = SqliteStore::database_path(&config.data_dir);
     let existed = database.exists();
     let store = SqliteStore::open(&config.data_dir, config.store.max_batch)
@@ -40,10 +45,13 @@ pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
     Ok(store)
 }
 
-/// The existing store of the configured data directory, for the commands that
-/// read or change what is there: they never create a store (a `queue list` run in
-/// the wrong directory must say so, not report an empty queue).
-pub fn existing_store(config: &Config) -> Result<Arc<SqliteStore>> {
+/// The existing configured store, for the commands that read or change what is
+/// there: they never create a SQLite store (a `queue list` run in the wrong
+/// directory must say so, not report an empty queue).
+pub async fn existing_store(config: &Config) -> Result<Arc<dyn Store>> {
+    let StoreLocation::Sqlite = config.store.location() else {
+        return open_postgres(config).await;
+    };
     let database = SqliteStore::database_path(&config.data_dir);
     if !database.exists() {
         let hint = if config.data_dir.is_relative() {
@@ -59,8 +67,16 @@ pub fn existing_store(config: &Config) -> Result<Arc<SqliteStore>> {
         );
     }
     say_which_store(config);
-    SqliteStore::open(&config.data_dir, config.store.max_batch)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+    Ok(SqliteStore::open(&config.data_dir, config.store.max_batch)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?)
+}
+
+/// The PostgreSQL store of `[store] url` (never named in messages: it may hold
+/// a password).
+async fn open_postgres(config: &Config) -> Result<Arc<dyn Store>> {
+    outpost::server::open_store(config, Default::default())
+        .await
+        .context("cannot open the PostgreSQL store ([store] url)")
 }
 
 /// Names the store used when the configuration does not make it obvious (a data

@@ -99,7 +99,7 @@ impl PostgresStore {
 /// Checks a `postgres://` URL (what `[store] url` takes) without connecting.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(format!("{url:?} is not a postgres:// or postgresql:// URL"));
+        return Err("not a postgres:// or postgresql:// URL".into());
     }
     url.parse::<tokio_postgres::Config>()
         .map_err(|e| format!("bad PostgreSQL URL: {e}"))
