@@ -178,6 +178,7 @@ contract!(
     claims_are_oldest_first_limited_and_grouped_by_message,
     concurrent_enqueues_share_commits_and_all_land,
     a_failing_write_does_not_undo_its_batch_neighbours,
+    a_failing_statement_does_not_undo_its_batch_neighbours,
     domains_keep_their_keys_and_conflict,
     pausing_and_resuming_a_domain_is_logged_and_frees_its_mail,
     keys_are_found_by_hash_listed_revoked_and_go_with_their_user,
@@ -715,6 +716,59 @@ fn message_at(ms: i64, from: &str, rcpts: &[&str], content: &str) -> NewMessage 
         received_at: ms,
         ..message(rcpts)
     }
+}
+
+/// A write whose statement fails in the database (a duplicate key hash), sent
+/// together with others so they share a commit.
+async fn a_failing_statement_does_not_undo_its_batch_neighbours(b: &Backend) {
+    let store = b.open().await;
+    store
+        .add_user(UserRecord {
+            name: "alice".into(),
+            password_hash: "h".into(),
+            admin: false,
+            domains: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let key = || NewApiKey {
+        user: "alice".into(),
+        name: None,
+        key_hash: b"same".to_vec(),
+        domains: Vec::new(),
+        created_at: 1,
+    };
+    let msg = message(&["a@x.example"]);
+    let id = msg.id.clone();
+    let suppression = Suppression {
+        domain: "example.com".into(),
+        address: "s@x.example".into(),
+        reason: "manual".into(),
+        created_at: 1,
+    };
+    let (first, second, enqueued, added) = tokio::join!(
+        store.add_api_key(key()),
+        store.add_api_key(key()),
+        store.enqueue(msg),
+        store.add_suppression(suppression)
+    );
+    let conflicts = [&first, &second]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
+        .count();
+    assert_eq!(conflicts, 1, "{first:?} {second:?}");
+    assert!(first.or(second).unwrap().is_some());
+    enqueued.unwrap();
+    assert!(added.unwrap());
+    assert!(store.message(&id).await.unwrap().is_some());
+    assert!(
+        store
+            .suppression("example.com", "s@x.example")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.api_keys(None).await.unwrap().len(), 1);
 }
 
 async fn unclaim_makes_a_claimed_message_due_without_a_retry_request(b: &Backend) {

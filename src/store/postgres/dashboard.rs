@@ -48,39 +48,54 @@ async fn bump(
     Ok(())
 }
 
-/// At enqueue: the message's facts, its search text and the `accepted` counter.
-pub(super) async fn record_enqueue(conn: &Conn, message: &NewMessage) -> StoreResult<()> {
-    let headers = crate::message::header_block(&message.content);
-    let sending_domain = message
-        .mail_from
-        .as_ref()
-        .map_or(String::new(), |m| m.domain().as_str().to_ascii_lowercase());
-    let sender = message
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let subject = crate::message::subject(&message.content);
-    conn.execute(
-        "INSERT INTO message_info (id, sending_domain, subject, protocol, dkim, search)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &message.id.as_str(),
-            &sending_domain,
-            &subject,
-            &received_protocol(headers),
-            &crate::message::has_header(headers, "DKIM-Signature"),
-            &search_text(message, &sender, &subject).to_lowercase(),
-        ],
-    )
-    .await?;
-    let relayed = message.recipients.iter().filter(|r| !r.local).count() as i64;
-    if relayed > 0 {
-        let at = message.received_at;
-        bump(conn, at, &sending_domain, "", "accepted", "", relayed).await?;
-    }
-    Ok(())
+/// What enqueue records for the dashboard: the message's facts, its search
+/// text and the `accepted` counter (`queue.rs` writes them in the statement that
+/// stores the message, see [`ENQUEUE_SQL`]).
+pub(super) struct EnqueueFacts {
+    pub sending_domain: String,
+    pub subject: String,
+    pub protocol: String,
+    pub dkim: bool,
+    pub search: String,
+    pub hour: i64,
+    /// Recipients relayed (not local): the `accepted` count; none, no counter.
+    pub relayed: i64,
 }
+
+impl EnqueueFacts {
+    pub fn of(message: &NewMessage) -> EnqueueFacts {
+        let headers = crate::message::header_block(&message.content);
+        let sender = message
+            .mail_from
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let subject = crate::message::subject(&message.content);
+        EnqueueFacts {
+            sending_domain: message
+                .mail_from
+                .as_ref()
+                .map_or(String::new(), |m| m.domain().as_str().to_ascii_lowercase()),
+            protocol: received_protocol(headers),
+            dkim: crate::message::has_header(headers, "DKIM-Signature"),
+            search: search_text(message, &sender, &subject).to_lowercase(),
+            subject,
+            hour: message.received_at.div_euclid(HOUR_MS),
+            relayed: message.recipients.iter().filter(|r| !r.local).count() as i64,
+        }
+    }
+}
+
+/// The dashboard's part of the enqueue statement (`queue.rs`), parameters
+/// `$12` on: the message's facts and the `accepted` counter.
+pub(super) const ENQUEUE_SQL: &str = "
+    info AS (
+        INSERT INTO message_info (id, sending_domain, subject, protocol, dkim, search)
+        VALUES ($1, $12, $13, $14, $15, $16))
+    INSERT INTO counters (hour, sending_domain, provider, outcome, class, count)
+    SELECT $17::BIGINT, $12, '', 'accepted', '', $18::BIGINT WHERE $18::BIGINT > 0
+    ON CONFLICT (hour, sending_domain, provider, outcome, class)
+    DO UPDATE SET count = counters.count + excluded.count";
 
 /// The sending domain of a stored message; none if the message is not stored.
 async fn sending_domain(conn: &Conn, id: &str) -> StoreResult<Option<String>> {

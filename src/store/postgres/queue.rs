@@ -4,6 +4,7 @@
 //! claiming at the same time each take different recipients instead of waiting
 //! for (or claiming twice) the ones another is taking.
 
+use super::dashboard::{ENQUEUE_SQL, EnqueueFacts};
 use super::events::insert_event;
 use super::{Conn, Params, PostgresStore, rows};
 use crate::smtp::Mailbox;
@@ -192,26 +193,10 @@ impl QueueStore for PostgresStore {
     fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()> {
         Box::pin(self.write_accept(move |conn| {
             Box::pin(async move {
-                let id = message.id.as_str();
                 let mail_from = message
                     .mail_from
                     .as_ref()
                     .map_or(String::new(), Mailbox::to_string);
-                conn.execute(
-                    "INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[
-                        &id,
-                        &mail_from,
-                        &message.auth_user,
-                        &message.smtputf8,
-                        &(message.content.len() as i64),
-                        &message.received_at,
-                        &&message.content[..],
-                    ],
-                )
-                .await?;
-                // One statement for every recipient: arrays, unnested.
                 let mut addresses = Vec::with_capacity(message.recipients.len());
                 let mut domains = Vec::with_capacity(message.recipients.len());
                 let mut statuses = Vec::with_capacity(message.recipients.len());
@@ -224,22 +209,50 @@ impl QueueStore for PostgresStore {
                         RecipientStatus::Queued.as_str()
                     });
                 }
+                let facts = EnqueueFacts::of(&message);
+                // One statement (one round trip inside the group commit): the
+                // message, its recipients (arrays, unnested), their `accepted`
+                // events and the dashboard's rows. Foreign keys are checked at
+                // the statement's end, when the message row is there.
                 conn.execute(
-                    "INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt)
-                     SELECT $1, r.n - 1, r.address, r.domain, r.status, $5
-                     FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[]) WITH ORDINALITY
-                         AS r(address, domain, status, n)",
-                    &[&id, &addresses, &domains, &statuses, &message.first_attempt_at],
+                    &format!(
+                        "WITH message AS (
+                             INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)),
+                         rcpts AS (
+                             INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt)
+                             SELECT $1, r.n - 1, r.address, r.domain, r.status, $8
+                             FROM unnest($9::TEXT[], $10::TEXT[], $11::TEXT[]) WITH ORDINALITY
+                                 AS r(address, domain, status, n)),
+                         accepted AS (
+                             INSERT INTO events (at, kind, message_id, recipient, user_name)
+                             SELECT $6, 'accepted', $1, a.address, $3
+                             FROM unnest($9::TEXT[]) WITH ORDINALITY AS a(address, n) ORDER BY n),
+                         {ENQUEUE_SQL}"
+                    ),
+                    &[
+                        &message.id.as_str(),
+                        &mail_from,
+                        &message.auth_user,
+                        &message.smtputf8,
+                        &(message.content.len() as i64),
+                        &message.received_at,
+                        &&message.content[..],
+                        &message.first_attempt_at,
+                        &addresses,
+                        &domains,
+                        &statuses,
+                        &facts.sending_domain,
+                        &facts.subject,
+                        &facts.protocol,
+                        &facts.dkim,
+                        &facts.search,
+                        &facts.hour,
+                        &facts.relayed,
+                    ],
                 )
                 .await?;
-                conn.execute(
-                    "INSERT INTO events (at, kind, message_id, recipient, user_name)
-                     SELECT $1, 'accepted', $2, r, $3 FROM unnest($4::TEXT[]) WITH ORDINALITY AS a(r, n)
-                     ORDER BY n",
-                    &[&message.received_at, &id, &message.auth_user, &addresses],
-                )
-                .await?;
-                super::dashboard::record_enqueue(conn, &message).await
+                Ok(())
             })
         }))
     }

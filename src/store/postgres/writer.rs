@@ -1,7 +1,9 @@
 //! The group-commit writer: one task owns the write connection, takes every job
 //! waiting in its channel (up to `store.max_batch`), runs each inside its own
 //! SAVEPOINT (one failing job does not undo the others), commits once (one WAL
-//! flush, `synchronous_commit = on`), and only then answers every job. Under load,
+//! flush, `synchronous_commit = on`), and only then answers every job. Round
+//! trips to the server are what a batch's time goes to, so the savepoints ride
+//! along with other statements and `enqueue` is one statement. Under load,
 //! many sessions share one commit, as with SQLite (`sqlite/writer.rs`).
 //!
 //! Stages are reported as for SQLite ([`CommitStages`]): waiting for the batch,
@@ -29,6 +31,8 @@ struct Ran {
 }
 
 trait Job: Send {
+    /// Runs the write; the writer has just set the savepoint `job`, which this
+    /// rolls back to if the write fails.
     fn run<'c>(self: Box<Self>, conn: &'c Conn) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>>;
     /// Answers the caller without running (the transaction could not start).
     fn abort(self: Box<Self>, error: StoreError);
@@ -46,22 +50,8 @@ where
 {
     fn run<'c>(self: Box<Self>, conn: &'c Conn) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>> {
         Box::pin(async move {
-            let (result, usable) = match conn.batch("SAVEPOINT job").await {
-                Err(e) => (Err(e), false),
-                Ok(()) => {
-                    let result = (self.write)(conn).await;
-                    let undo = if result.is_err() {
-                        conn.batch("ROLLBACK TO SAVEPOINT job").await
-                    } else {
-                        Ok(())
-                    };
-                    let released = match undo {
-                        Ok(()) => conn.batch("RELEASE SAVEPOINT job").await,
-                        Err(e) => Err(e),
-                    };
-                    (result, released.is_ok())
-                }
-            };
+            let result = (self.write)(conn).await;
+            let usable = result.is_ok() || conn.batch("ROLLBACK TO SAVEPOINT job").await.is_ok();
             let reply = self.reply;
             Ran {
                 complete: Box::new(move |commit: StoreResult<()>| {
@@ -164,8 +154,11 @@ async fn writer_loop(
             }
         };
         let begun = Instant::now();
-        if let Err(e) = c.batch("BEGIN").await {
+        // Each job runs after a savepoint of its own, set in the same round trip
+        // as the previous one's release (or as BEGIN, for the first).
+        if let Err(e) = c.batch("BEGIN; SAVEPOINT job").await {
             tracing::error!(error = %e, "store cannot begin a transaction");
+            let _ = c.batch("ROLLBACK").await;
             batch.into_iter().for_each(|q| q.job.abort(e.clone()));
             conn = Some(c);
             continue;
@@ -173,25 +166,36 @@ async fn writer_loop(
         let writes = batch.len();
         let mut accept_waits = Vec::new();
         let mut completions = Vec::with_capacity(writes);
-        let mut usable = true;
-        for q in batch {
+        // Once set, the transaction is aborted: the jobs left are not run.
+        let mut broken: Option<StoreError> = None;
+        for (i, q) in batch.into_iter().enumerate() {
+            if broken.is_none() && i > 0 {
+                broken = c.batch("RELEASE SAVEPOINT job; SAVEPOINT job").await.err();
+            }
+            if let Some(e) = &broken {
+                q.job.abort(e.clone());
+                continue;
+            }
             if q.accept {
                 accept_waits.push(begun.saturating_duration_since(q.since));
             }
             let ran = q.job.run(&c).await;
-            usable &= ran.usable;
+            if !ran.usable {
+                broken = Some(StoreError::Backend(
+                    "a write left the transaction unusable; batch rolled back".into(),
+                ));
+            }
             completions.push(ran.complete);
         }
         let written = Instant::now();
         // COMMIT of an aborted transaction "succeeds" as a ROLLBACK, so a batch
         // whose savepoint handling failed is rolled back and reported failed.
-        let committed = if usable {
-            c.batch("COMMIT").await
-        } else {
-            let _ = c.batch("ROLLBACK").await;
-            Err(StoreError::Backend(
-                "a write left the transaction unusable; batch rolled back".into(),
-            ))
+        let committed = match broken {
+            None => c.batch("COMMIT").await,
+            Some(e) => {
+                let _ = c.batch("ROLLBACK").await;
+                Err(e)
+            }
         };
         match committed {
             Ok(()) => {
