@@ -126,7 +126,10 @@ pub async fn open_store(
     Ok(match config.store.location() {
         StoreLocation::Sqlite => SqliteStore::open_measured(&config.data_dir, max_batch, stages)?,
         StoreLocation::Postgres(url) => {
-            PostgresStore::open_measured(&url, max_batch, stages).await?
+            let store = PostgresStore::open_measured(&url, max_batch, stages).await?;
+            // A second node would void this one's claims at its start-up.
+            tracing::info!("store: PostgreSQL; run one node per database (docs/cluster.md)");
+            store
         }
     })
 }

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use outpost::config::Config;
 use outpost::config::StoreLocation;
 use outpost::dns::HickoryResolver;
-use outpost::store::{SqliteStore, Store};
+use outpost::store::{PostgresStore, SqliteStore, Store};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,9 +30,10 @@ use std::sync::Arc;
 /// in the wrong directory is noticed at once; a PostgreSQL database gets its
 /// tables the first time any command or node opens it.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
-    let StoreLocation::Sqlite = config.store.location() else {
-        return open_postgres(config).await;
-    };
+    if let StoreLocation::Postgres(url) = config.store.location() {
+        let store = PostgresStore::open(&url, config.store.max_batch).await;
+        return Ok(store.context(POSTGRES_FAILED)?);
+    }
     let database = SqliteStore::database_path(&config.data_dir);
     let existed = database.exists();
     let store = SqliteStore::open(&config.data_dir, config.store.max_batch)
@@ -46,12 +47,13 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
 }
 
 /// The existing configured store, for the commands that read or change what is
-/// there: they never create a SQLite store (a `queue list` run in the wrong
-/// directory must say so, not report an empty queue).
+/// there: they never create a store (a `queue list` run in the wrong directory,
+/// or on the wrong database, must say so, not report an empty queue).
 pub async fn existing_store(config: &Config) -> Result<Arc<dyn Store>> {
-    let StoreLocation::Sqlite = config.store.location() else {
-        return open_postgres(config).await;
-    };
+    if let StoreLocation::Postgres(url) = config.store.location() {
+        let store = PostgresStore::open_existing(&url, config.store.max_batch).await;
+        return Ok(store.context(POSTGRES_FAILED)?);
+    }
     let database = SqliteStore::database_path(&config.data_dir);
     if !database.exists() {
         let hint = if config.data_dir.is_relative() {
@@ -71,13 +73,8 @@ pub async fn existing_store(config: &Config) -> Result<Arc<dyn Store>> {
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?)
 }
 
-/// The PostgreSQL store of `[store] url` (never named in messages: it may hold
-/// a password).
-async fn open_postgres(config: &Config) -> Result<Arc<dyn Store>> {
-    outpost::server::open_store(config, Default::default())
-        .await
-        .context("cannot open the PostgreSQL store ([store] url)")
-}
+/// The URL is never named in messages: it may hold a password.
+const POSTGRES_FAILED: &str = "cannot open the PostgreSQL store of [store] url";
 
 /// Names the store used when the configuration does not make it obvious (a data
 /// directory relative to wherever the command runs). On stderr, so the output

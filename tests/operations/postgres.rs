@@ -87,6 +87,11 @@ async fn serve_on_postgres_accepts_delivers_and_the_cli_sees_it() {
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup::new(&dns, sink.port()).toml(&format!("[store]\nurl = \"{}\"", schema.url()));
     let config = write_config(dir.path(), &setup);
+    // Before any node opened it, the schema holds no store: the CLI says so.
+    let out = crate::support::delivery::cli(&config, &["queue", "list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no Outpost store"), "{stderr}");
     let process = Process::start(&config);
 
     let mut client = client_of(&process).await;

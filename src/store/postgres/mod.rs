@@ -58,11 +58,35 @@ impl PostgresStore {
         max_batch: usize,
         stages: Arc<CommitStages>,
     ) -> StoreResult<Arc<PostgresStore>> {
+        Self::start(url, max_batch, stages, true).await
+    }
+
+    /// [`PostgresStore::open`] of a database that already holds a store: an
+    /// error, rather than new empty tables, when Outpost's tables are not in the
+    /// URL's database and search path (a command given the wrong URL says so
+    /// instead of reporting an empty queue).
+    pub async fn open_existing(url: &str, max_batch: usize) -> StoreResult<Arc<PostgresStore>> {
+        Self::start(url, max_batch, Arc::default(), false).await
+    }
+
+    async fn start(
+        url: &str,
+        max_batch: usize,
+        stages: Arc<CommitStages>,
+        create: bool,
+    ) -> StoreResult<Arc<PostgresStore>> {
         let mut config = parse_url(url).map_err(StoreError::Backend)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let conn = Conn::connect(&config).await?;
+        if !create && !schema::exists(&conn).await? {
+            return Err(StoreError::Backend(
+                "no Outpost store in this PostgreSQL database (no schema_version table in its \
+                 search path)"
+                    .into(),
+            ));
+        }
         schema::migrate(&conn).await?;
         Ok(Arc::new(PostgresStore {
             jobs: writer::start(config.clone(), conn, max_batch.max(1), stages),
@@ -308,6 +332,29 @@ mod tests {
         assert_eq!(writes, 200.0);
         assert!(commits < 200.0, "{commits} commits for 200 writes");
         assert_eq!(store.pending_recipients().await.unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn open_existing_creates_nothing() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let Err(e) = PostgresStore::open_existing(&schema.url, 16).await else {
+            panic!("opened a store in an empty schema");
+        };
+        assert!(e.to_string().contains("no Outpost store"), "{e}");
+        let tables: i64 = connect(&schema.url)
+            .await
+            .query_one(
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tables, 0);
+        drop(PostgresStore::open(&schema.url, 16).await.unwrap());
+        PostgresStore::open_existing(&schema.url, 16).await.unwrap();
     }
 
     #[tokio::test]

@@ -152,6 +152,12 @@ CREATE INDEX attempts_message ON attempts(message_id);
 "#,
 ];
 
+/// Whether Outpost's tables are in the database (in the search path).
+pub(super) async fn exists(conn: &Conn) -> StoreResult<bool> {
+    conn.value("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await
+}
+
 /// Applies the migrations the database lacks, in one transaction.
 pub(super) async fn migrate(conn: &Conn) -> StoreResult<()> {
     conn.batch("BEGIN").await?;
