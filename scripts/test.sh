@@ -11,6 +11,11 @@
 #      need python3, swaks (with libnet-ssleay-perl), openssl, testssl.sh, curl...; step 0
 #      installs them. A suite that cannot run fails (it never skips silently).
 #
+# The PostgreSQL store's tests (the store contract on PostgreSQL, the serve-on-PostgreSQL
+# test) run when OUTPOST_TEST_POSTGRES names a server; when it is not set and a server
+# answers on 127.0.0.1:5432, it is set to postgres://postgres@127.0.0.1:5432/test (trust
+# authentication, database `test`), and said so; otherwise the tests say they skipped.
+#
 # OUTPOST_BIN overrides the binary the e2e suites use. Both stages always run; the
 # last line is the total over both, `total: N passed, M failed`, and the exit status
 # is non-zero when anything failed (or did not run).
@@ -26,6 +31,16 @@ status=0
 if [ "${OUTPOST_SKIP_INSTALL:-0}" != 1 ]; then
     echo "== installing test dependencies (scripts/install-test-deps.sh)"
     bash scripts/install-test-deps.sh
+fi
+
+if [ -z "${OUTPOST_TEST_POSTGRES:-}" ] && command -v pg_isready >/dev/null &&
+    pg_isready -q -h 127.0.0.1 -p 5432; then
+    export OUTPOST_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test
+    echo "== PostgreSQL answers on 127.0.0.1:5432: OUTPOST_TEST_POSTGRES=$OUTPOST_TEST_POSTGRES"
+elif [ -n "${OUTPOST_TEST_POSTGRES:-}" ]; then
+    echo "== PostgreSQL store tests on the server of OUTPOST_TEST_POSTGRES"
+else
+    echo "== no PostgreSQL on 127.0.0.1:5432 and OUTPOST_TEST_POSTGRES unset: the PostgreSQL store tests will say SKIPPED"
 fi
 
 echo "== cargo test"

@@ -5,12 +5,14 @@
 use crate::accept::Acceptor;
 use crate::api::{self, ApiContext};
 use crate::auth::LoginGate;
+use crate::config::StoreLocation;
 use crate::config::{Config, ListenerMode};
 use crate::dns::HickoryResolver;
 use crate::inbound::{self, InboundContext};
+use crate::metrics::CommitStages;
 use crate::metrics::Metrics;
 use crate::queue::{self, QueueHandle};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::tls::{self, CertificateSource, ServerCertificate, TlsError};
 use crate::unsubscribe::UnsubscribeKey;
 use std::net::SocketAddr;
@@ -114,14 +116,28 @@ impl Running {
     }
 }
 
+/// Opens the store `[store] url` names (SQLite in `data_dir` by default), its
+/// group commit reporting into `stages`.
+pub async fn open_store(
+    config: &Config,
+    stages: Arc<CommitStages>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let max_batch = config.store.max_batch;
+    Ok(match config.store.location() {
+        StoreLocation::Sqlite => SqliteStore::open_measured(&config.data_dir, max_batch, stages)?,
+        StoreLocation::Postgres(url) => {
+            let store = PostgresStore::open_measured(&url, max_batch, stages).await?;
+            // A second node would void this one's claims at its start-up.
+            tracing::info!("store: PostgreSQL; run one node per database (docs/cluster.md)");
+            store
+        }
+    })
+}
+
 /// Opens the store and starts delivery (unless `delivery.paused`) and every listener.
 pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
-    let store: Arc<dyn Store> = SqliteStore::open_measured(
-        &config.data_dir,
-        config.store.max_batch,
-        metrics.commit_stages(),
-    )?;
+    let store = open_store(&config, metrics.commit_stages()).await?;
     let queue = if config.delivery.paused {
         tracing::warn!("delivery.paused is set: mail is accepted and stored, not delivered");
         None

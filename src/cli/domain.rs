@@ -7,7 +7,7 @@ use clap::Subcommand;
 use outpost::config::Config;
 use outpost::diagnose::records::{self, Severity};
 use outpost::dns::Resolver;
-use outpost::store::{DomainPause, DomainStore, SendingDomain, SqliteStore};
+use outpost::store::{DomainPause, SendingDomain, Store};
 
 #[derive(Subcommand)]
 pub enum DomainCommand {
@@ -46,7 +46,7 @@ pub enum DomainCommand {
     Resume { domain: String },
 }
 
-async fn registered(store: &SqliteStore, name: &str) -> Result<SendingDomain> {
+async fn registered(store: &dyn Store, name: &str) -> Result<SendingDomain> {
     let name = domain_name(name)?;
     store
         .domains()
@@ -64,8 +64,8 @@ fn bounce_domain<'a>(config: &'a Config, domain: &str) -> &'a str {
 
 pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
     let store = match cmd {
-        DomainCommand::Add { .. } => open_store(config)?,
-        _ => existing_store(config)?,
+        DomainCommand::Add { .. } => open_store(config).await?,
+        _ => existing_store(config).await?,
     };
     if matches!(cmd, DomainCommand::Dns { .. } | DomainCommand::Check { .. })
         && let Some(problem) = config.hostname_problem()
@@ -153,7 +153,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             println!("domain {name} removed; its mail is no longer signed");
         }
         DomainCommand::Dns { domain, json } => {
-            let record = registered(&store, &domain).await?;
+            let record = registered(store.as_ref(), &domain).await?;
             // The server's addresses make the SPF suggestion exact; without them the
             // a: term still covers it.
             let ips = match resolver(config) {
@@ -185,7 +185,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> Result<()> {
             }
         }
         DomainCommand::Check { domain, json } => {
-            let record = registered(&store, &domain).await?;
+            let record = registered(store.as_ref(), &domain).await?;
             let resolver = resolver(config)?;
             let server = records::ThisServer {
                 hostname: &config.hostname,

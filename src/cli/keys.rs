@@ -5,7 +5,6 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use outpost::auth::api_key;
 use outpost::config::Config;
-use outpost::store::ApiKeyStore;
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
@@ -30,7 +29,7 @@ pub enum KeyCommand {
 }
 
 pub async fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     match cmd {
         KeyCommand::Add {
             user,

@@ -18,16 +18,22 @@ pub mod user;
 
 use anyhow::{Context, Result, bail};
 use outpost::config::Config;
+use outpost::config::StoreLocation;
 use outpost::dns::HickoryResolver;
-use outpost::store::SqliteStore;
+use outpost::store::{PostgresStore, SqliteStore, Store};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The store of the configured data directory, created when there is none (for
-/// the commands that add something). A new store is announced with its full path,
-/// so one created in the wrong directory is noticed at once.
-pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
+/// The configured store, created when there is none (for the commands that add
+/// something). A new SQLite store is announced with its full path, so one created
+/// in the wrong directory is noticed at once; a PostgreSQL database gets its
+/// tables the first time any command or node opens it.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    if let StoreLocation::Postgres(url) = config.store.location() {
+        let store = PostgresStore::open(&url, config.store.max_batch).await;
+        return Ok(store.context(POSTGRES_FAILED)?);
+    }
     let database = SqliteStore::database_path(&config.data_dir);
     let existed = database.exists();
     let store = SqliteStore::open(&config.data_dir, config.store.max_batch)
@@ -40,10 +46,14 @@ pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
     Ok(store)
 }
 
-/// The existing store of the configured data directory, for the commands that
-/// read or change what is there: they never create a store (a `queue list` run in
-/// the wrong directory must say so, not report an empty queue).
-pub fn existing_store(config: &Config) -> Result<Arc<SqliteStore>> {
+/// The existing configured store, for the commands that read or change what is
+/// there: they never create a store (a `queue list` run in the wrong directory,
+/// or on the wrong database, must say so, not report an empty queue).
+pub async fn existing_store(config: &Config) -> Result<Arc<dyn Store>> {
+    if let StoreLocation::Postgres(url) = config.store.location() {
+        let store = PostgresStore::open_existing(&url, config.store.max_batch).await;
+        return Ok(store.context(POSTGRES_FAILED)?);
+    }
     let database = SqliteStore::database_path(&config.data_dir);
     if !database.exists() {
         let hint = if config.data_dir.is_relative() {
@@ -59,9 +69,12 @@ pub fn existing_store(config: &Config) -> Result<Arc<SqliteStore>> {
         );
     }
     say_which_store(config);
-    SqliteStore::open(&config.data_dir, config.store.max_batch)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+    Ok(SqliteStore::open(&config.data_dir, config.store.max_batch)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?)
 }
+
+/// The URL is never named in messages: it may hold a password.
+const POSTGRES_FAILED: &str = "cannot open the PostgreSQL store of [store] url";
 
 /// Names the store used when the configuration does not make it obvious (a data
 /// directory relative to wherever the command runs). On stderr, so the output

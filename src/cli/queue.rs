@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use outpost::api::MessageView;
 use outpost::config::Config;
-use outpost::store::{MessageSummary, QueueId, QueueStore};
+use outpost::store::{MessageSummary, QueueId};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -42,7 +42,7 @@ pub enum QueueCommand {
 }
 
 pub async fn run(config: &Config, cmd: QueueCommand) -> Result<()> {
-    let store = existing_store(config)?;
+    let store = existing_store(config).await?;
     let parse_id = |id: &str| id.parse::<QueueId>().map_err(anyhow::Error::msg);
     let now = chrono::Utc::now().timestamp_millis();
     match cmd {

@@ -21,7 +21,7 @@ pub struct StatsArgs {
 const KINDS: [&str; 5] = ["accepted", "delivered", "deferred", "bounced", "suppressed"];
 
 pub async fn run(config: &Config, args: StatsArgs) -> Result<()> {
-    let store = existing_store(config)?;
+    let store = existing_store(config).await?;
     let stats = compute_stats(store.as_ref(), &args.windows, |_| true, None)
         .await
         .map_err(|e| anyhow::anyhow!("--windows: {e}"))?;

@@ -4,7 +4,7 @@ use super::{domain_name, existing_store, open_store};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::config::Config;
-use outpost::store::{Suppression, SuppressionStore};
+use outpost::store::Suppression;
 
 #[derive(Subcommand)]
 pub enum SuppressCommand {
@@ -29,8 +29,8 @@ pub enum SuppressCommand {
 
 pub async fn run(config: &Config, cmd: SuppressCommand) -> Result<()> {
     let store = match cmd {
-        SuppressCommand::Add { .. } => open_store(config)?,
-        _ => existing_store(config)?,
+        SuppressCommand::Add { .. } => open_store(config).await?,
+        _ => existing_store(config).await?,
     };
     match cmd {
         SuppressCommand::List { domain } => {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost::auth::password;
 use outpost::config::Config;
-use outpost::store::{AccountStore, UserRecord};
+use outpost::store::UserRecord;
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -53,8 +53,8 @@ fn read_or_generate_password(from_stdin: bool) -> Result<(String, bool)> {
 
 pub async fn run(config: &Config, cmd: UserCommand) -> Result<()> {
     let store = match cmd {
-        UserCommand::Add { .. } => open_store(config)?,
-        _ => existing_store(config)?,
+        UserCommand::Add { .. } => open_store(config).await?,
+        _ => existing_store(config).await?,
     };
     match cmd {
         UserCommand::Add {

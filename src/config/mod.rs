@@ -235,11 +235,37 @@ impl Default for AuthConfig {
 pub struct StoreConfig {
     /// Most messages committed with one fsync (group commit). Default 256.
     pub max_batch: usize,
+    /// Where the store is: `postgres://user@host/db` for a PostgreSQL database
+    /// (docs/cluster.md); absent or `sqlite:` for the embedded SQLite store in
+    /// `data_dir`.
+    pub url: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { max_batch: 256 }
+        StoreConfig {
+            max_batch: 256,
+            url: None,
+        }
+    }
+}
+
+/// The store `[store] url` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded SQLite database in `data_dir`.
+    Sqlite,
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+impl StoreConfig {
+    /// The store the configuration names (checked by `Config::validate`).
+    pub fn location(&self) -> StoreLocation {
+        match self.url.as_deref() {
+            None | Some("sqlite:") => StoreLocation::Sqlite,
+            Some(url) => StoreLocation::Postgres(url.to_string()),
+        }
     }
 }
 
@@ -570,6 +596,16 @@ impl Config {
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());
         }
+        if let StoreLocation::Postgres(url) = self.store.location() {
+            // The message never repeats the URL: it may hold a password.
+            if let Err(e) = crate::store::parse_postgres_url(&url) {
+                return invalid(format!(
+                    "store.url must be a postgres:// (or postgresql://) URL, or sqlite: for the \
+                     SQLite store in data_dir: {}",
+                    e.replace(&url, "the URL")
+                ));
+            }
+        }
         let is_http_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         if let Some(url) = &self.http.public_url
             && !is_http_url(url)
@@ -613,6 +649,31 @@ mod tests {
         assert_eq!(config.limits.max_message_size, 52_428_800);
         assert_eq!(config.delivery.retry.len(), 7);
         assert_eq!(config.relay.local_domains, vec![config.hostname.clone()]);
+    }
+
+    #[test]
+    fn store_url_selects_the_backend_and_bad_ones_are_named() {
+        let store = |toml: &str| Config::from_toml(toml).map(|c| c.store.location());
+        assert_eq!(store("").unwrap(), StoreLocation::Sqlite);
+        assert_eq!(
+            store("[store]\nurl = \"sqlite:\"\n").unwrap(),
+            StoreLocation::Sqlite
+        );
+        assert_eq!(
+            store("[store]\nurl = \"postgres://outpost@db.example/outpost\"\n").unwrap(),
+            StoreLocation::Postgres("postgres://outpost@db.example/outpost".into())
+        );
+        for bad in [
+            "mysql://root:hunter2@db/outpost",
+            "sqlite:/var/lib/outpost",
+            "postgres://root:hunter2@db/outpost?bogus=1",
+        ] {
+            let err = store(&format!("[store]\nurl = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("store.url"), "{err}");
+            assert!(!err.contains("hunter2"), "the password is not shown: {err}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! count (enqueue, `record_attempt`, a new suppression), so the overview never
 //! scans messages: it sums at most hours × domains × providers × outcomes rows.
 
-use super::{MessageSummary, QueueId, RecipientStatus, StoreFuture};
+use super::{MessageSummary, NewMessage, QueueId, RecipientStatus, StoreFuture};
 use serde::Serialize;
 
 /// Which sending domains a reader may see; `None` for all (an admin).
@@ -150,6 +150,38 @@ pub fn provider_of(host: &str) -> String {
     labels[labels.len().saturating_sub(keep)..].join(".")
 }
 
+/// One hour in unix milliseconds: the counters' granularity.
+pub(super) const HOUR_MS: i64 = 3_600_000;
+
+/// The domain of a stored address, lower case; empty for the null sender.
+pub(super) fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The `with` protocol of the first `Received:` field (the one Outpost added).
+pub(super) fn received_protocol(headers: &[u8]) -> String {
+    crate::message::header_value(headers, "Received")
+        .and_then(|r| {
+            let (_, after) = r.split_once(" with ")?;
+            after.split_whitespace().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What a message is found by in a search: its queue id, sender, subject and
+/// recipients, space-separated.
+pub(super) fn search_text(message: &NewMessage, sender: &str, subject: &str) -> String {
+    let mut text = format!("{} {sender} {subject}", message.id);
+    for r in &message.recipients {
+        text.push(' ');
+        text.push_str(&r.address.to_string());
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +197,16 @@ mod tests {
         assert_eq!(provider_of("mx.example.de"), "example.de");
         assert_eq!(provider_of("127.0.0.1"), "127.0.0.1");
         assert_eq!(provider_of("localhost"), "localhost");
+    }
+
+    #[test]
+    fn protocol_is_read_from_our_received_field() {
+        assert_eq!(
+            received_protocol(
+                b"Received: from x ([1.2.3.4])\r\n\tby relay (Outpost) with ESMTPSA id 1;\r\n\tdate\r\n"
+            ),
+            "ESMTPSA"
+        );
+        assert_eq!(received_protocol(b"Subject: x\r\n"), "unknown");
     }
 }

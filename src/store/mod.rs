@@ -12,25 +12,34 @@
 //! The store is one object with several roles, each its own trait, so a backend
 //! (and a reader) finds every method of a concern in one place:
 //!
-//! | trait | what it keeps | SQLite file |
+//! | trait | what it keeps | file (in `sqlite/` and `postgres/`) |
 //! |---|---|---|
-//! | [`QueueStore`] | messages, envelopes, per-recipient delivery state, claims | `sqlite/queue.rs` |
-//! | [`EventStore`] | the ordered event log (`GET /v1/events`, webhooks) | `sqlite/events.rs` |
-//! | [`SuppressionStore`] | addresses not to send to, per sending domain | `sqlite/suppressions.rs` |
-//! | [`DomainStore`] | sending domains, their DKIM keys, paused domains | `sqlite/accounts.rs` |
-//! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `sqlite/accounts.rs` |
-//! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `sqlite/api_keys.rs` |
-//! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `sqlite/dashboard.rs` |
+//! | [`QueueStore`] | messages, envelopes, per-recipient delivery state, claims | `queue.rs` |
+//! | [`EventStore`] | the ordered event log (`GET /v1/events`, webhooks) | `events.rs` |
+//! | [`SuppressionStore`] | addresses not to send to, per sending domain | `suppressions.rs` |
+//! | [`DomainStore`] | sending domains, their DKIM keys, paused domains | `accounts.rs` |
+//! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `accounts.rs` |
+//! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `api_keys.rs` |
+//! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `dashboard.rs` |
+//!
+//! # Backends
+//! [`SqliteStore`] (`sqlite/`) is the default: one embedded database in
+//! `data_dir`. [`PostgresStore`] (`postgres/`, `[store] url = "postgres://..."`)
+//! keeps the same data in a PostgreSQL database (docs/cluster.md). Both pass the
+//! same contract tests (`contract.rs`): a behaviour a caller relies on is a test
+//! there, run against each backend.
 //!
 //! [`Store`] is all of them together: it has no methods of its own and is
 //! implemented for every type that implements each role, so callers hold one
 //! `Arc<dyn Store>` and call any role's method on it (trait objects see their
-//! supertraits' methods without an import). Code holding a concrete backend
-//! (`Arc<SqliteStore>`, as the CLI does) imports the role traits whose methods it
-//! calls (`use outpost::store::{QueueStore, ...}`). A new method goes into the role it
+//! supertraits' methods without an import); the CLI does too, whichever backend
+//! `[store] url` names. Code holding a concrete backend (`Arc<SqliteStore>`)
+//! imports the role traits whose methods it calls
+//! (`use outpost::store::{QueueStore, ...}`). A new method goes into the role it
 //! belongs to (a new concern gets a new role trait, added to `Store`'s
-//! supertraits); each backend implements it in that role's file, and writes go
-//! through the backend's group commit (`sqlite/writer.rs`).
+//! supertraits); each backend implements it in that role's file, writes go
+//! through the backend's group commit (`sqlite/writer.rs`, `postgres/writer.rs`),
+//! and a contract test says what it does.
 //!
 //! Time comes from the caller (`now`, unix milliseconds) wherever a method stamps
 //! or compares times, so backends agree and tests control the clock.
@@ -42,12 +51,16 @@
 //! process died are delivered again (at least once).
 
 mod api_keys;
+#[cfg(test)]
+pub(crate) mod contract;
 mod dashboard;
+mod postgres;
 mod sqlite;
 mod types;
 
 pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use dashboard::*;
+pub use postgres::{PostgresStore, parse_url as parse_postgres_url};
 pub use sqlite::SqliteStore;
 pub use types::*;
 

@@ -9,6 +9,7 @@ mod support;
 mod check_exit;
 mod lifecycle;
 mod logs;
+mod postgres;
 mod readonly;
 
 use std::path::Path;

@@ -100,7 +100,7 @@ fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_message as message;
+    use crate::store::contract::message;
     use crate::store::{QueueStore, SqliteStore};
     use std::time::{Duration, Instant};
 

@@ -10,6 +10,7 @@
 use super::SqliteStore;
 use super::queue::load_summaries;
 use crate::store::dashboard::*;
+use crate::store::dashboard::{HOUR_MS, domain_of, received_protocol, search_text};
 use crate::store::{
     Event, EventKind, NewMessage, QueueId, RecipientStatus, RecipientUpdate, StoreFuture,
     Suppression,
@@ -63,16 +64,6 @@ CREATE TRIGGER IF NOT EXISTS message_search_delete AFTER DELETE ON messages BEGI
 END;
 ";
 
-const HOUR_MS: i64 = 3_600_000;
-
-/// The domain of a stored address, lower case; empty for the null sender.
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
 fn bump(
     conn: &Connection,
     at: i64,
@@ -99,16 +90,6 @@ fn bump(
     Ok(())
 }
 
-/// The `with` protocol of the first `Received:` field (the one Outpost added).
-fn protocol(headers: &[u8]) -> String {
-    crate::message::header_value(headers, "Received")
-        .and_then(|r| {
-            let (_, after) = r.split_once(" with ")?;
-            after.split_whitespace().next().map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// At enqueue: the message's facts, its search text and the `accepted` counter.
 pub(super) fn record_enqueue(conn: &Connection, message: &NewMessage) -> rusqlite::Result<()> {
     let headers = crate::message::header_block(&message.content);
@@ -129,14 +110,10 @@ pub(super) fn record_enqueue(conn: &Connection, message: &NewMessage) -> rusqlit
         message.id.as_str(),
         sending_domain,
         subject,
-        protocol(headers),
+        received_protocol(headers),
         crate::message::has_header(headers, "DKIM-Signature"),
     ])?;
-    let mut text = format!("{} {sender} {subject}", message.id);
-    for r in &message.recipients {
-        text.push(' ');
-        text.push_str(&r.address.to_string());
-    }
+    let text = search_text(message, &sender, &subject);
     conn.prepare_cached(
         "INSERT INTO message_search (rowid, text) SELECT rowid, ?2 FROM messages WHERE id = ?1",
     )?
@@ -700,7 +677,7 @@ mod tests {
         let store = SqliteStore::open(dir.path(), 16).unwrap();
         let mut ids = Vec::new();
         for n in 0..6u32 {
-            let mut msg = super::super::test_message(&["x@dest.example", "y@dest.example"]);
+            let mut msg = crate::store::contract::message(&["x@dest.example", "y@dest.example"]);
             msg.id = format!("{:012X}{n:08X}", 1_000 + n).parse().unwrap();
             let from = if n % 2 == 0 {
                 "s@a.example"
@@ -898,62 +875,5 @@ mod tests {
                 "{plan:?}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn bounces_and_complaints_by_email_are_counted_for_the_sending_domain() {
-        use crate::store::{DashboardStore, EventStore, QueueStore};
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::SqliteStore::open(dir.path(), 16).unwrap();
-        let msg = super::super::test_message(&["a@x.example", "b@x.example"]);
-        let id = msg.id.clone();
-        store.enqueue(msg).await.unwrap();
-        let event = |kind, asynchronous, class: Option<&str>| Event {
-            id: 0,
-            at: 7_200_000,
-            kind,
-            message_id: Some(id.clone()),
-            recipient: Some("a@x.example".into()),
-            user: None,
-            reply: None,
-            class: class.map(str::to_string),
-            asynchronous,
-            domain: None,
-        };
-        store
-            .append_events(vec![
-                event(EventKind::Complained, true, None),
-                event(EventKind::Bounced, true, Some("bad-mailbox")),
-                // Not learnt by email: its counter was written with its attempt.
-                event(EventKind::Bounced, false, Some("bad-mailbox")),
-            ])
-            .await
-            .unwrap();
-        let mut rows: Vec<_> = store
-            .counters(None, 2)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.sending_domain, r.outcome, r.class, r.count))
-            .collect();
-        rows.sort();
-        assert_eq!(
-            rows,
-            vec![
-                (
-                    "example.com".into(),
-                    "bounced".into(),
-                    "bad-mailbox".into(),
-                    1
-                ),
-                ("example.com".into(), "complained".into(), String::new(), 1),
-            ]
-        );
-    }
-
-    #[test]
-    fn protocol_is_read_from_our_received_field() {
-        assert_eq!(protocol(b"Received: from x ([1.2.3.4])\r\n\tby relay (Outpost) with ESMTPSA id 1;\r\n\tdate\r\n"), "ESMTPSA");
-        assert_eq!(protocol(b"Subject: x\r\n"), "unknown");
     }
 }

@@ -126,25 +126,3 @@ fn backend(e: rusqlite::Error) -> StoreError {
 fn changes_rows<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> StoreResult<bool> {
     conn.execute(sql, params).map(|n| n > 0).map_err(backend)
 }
-
-/// A message from alice to `rcpts`, for the tests of every role.
-#[cfg(test)]
-fn test_message(rcpts: &[&str]) -> NewMessage {
-    use crate::smtp::Mailbox;
-    NewMessage {
-        id: QueueId::generate(),
-        mail_from: Mailbox::parse("a@example.com"),
-        recipients: rcpts
-            .iter()
-            .map(|r| NewRecipient {
-                address: Mailbox::parse(r).unwrap(),
-                local: false,
-            })
-            .collect(),
-        auth_user: Some("alice".into()),
-        smtputf8: false,
-        content: Arc::new(b"Subject: t\r\n\r\nbody\r\n".to_vec()),
-        received_at: 1,
-        first_attempt_at: 1,
-    }
-}

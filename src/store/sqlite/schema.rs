@@ -124,8 +124,8 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_message as message;
     use super::*;
+    use crate::store::contract::message;
     use crate::store::*;
 
     #[tokio::test]

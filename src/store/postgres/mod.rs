@@ -1,0 +1,386 @@
+//! The PostgreSQL store (`[store] url = "postgres://..."`): the same roles as the
+//! SQLite store, on a database that several nodes can share (issue #13; today one
+//! node at a time, see docs/cluster.md).
+//!
+//! Writes go through one group-commit writer task (`writer.rs`) that owns one
+//! connection: it takes every write waiting (up to `store.max_batch`), runs each in
+//! its own SAVEPOINT inside one transaction and commits once, with
+//! `synchronous_commit = on`, so a write resolves `Ok` only once the server has
+//! flushed its WAL (the durability contract of `store/mod.rs`). Reads run on a
+//! small pool of connections of their own (`Reader`). Each role of the store is
+//! implemented in its own file, as for SQLite: `queue.rs`, `events.rs`,
+//! `suppressions.rs`, `accounts.rs` (domains and users), `api_keys.rs`,
+//! `dashboard.rs`; `schema.rs` holds the versioned migrations run at open.
+//!
+//! Connections are plain TCP (or a Unix socket): TLS to the database is not
+//! supported yet (`sslmode=require` fails to connect).
+
+mod accounts;
+mod api_keys;
+mod dashboard;
+mod events;
+mod queue;
+mod schema;
+mod suppressions;
+mod writer;
+
+use super::*;
+use crate::metrics::CommitStages;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+/// Most read connections one store opens.
+const MAX_READERS: usize = 8;
+/// How long connecting to the server may take, unless the URL says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PostgresStore {
+    config: tokio_postgres::Config,
+    jobs: writer::Jobs,
+    readers: Mutex<Vec<Conn>>,
+    reader_slots: tokio::sync::Semaphore,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, brings its schema up to date and starts
+    /// the writer task (on the current tokio runtime).
+    pub async fn open(url: &str, max_batch: usize) -> StoreResult<Arc<PostgresStore>> {
+        Self::open_measured(url, max_batch, Arc::default()).await
+    }
+
+    /// [`PostgresStore::open`], reporting the group commit's stages into `stages`.
+    pub async fn open_measured(
+        url: &str,
+        max_batch: usize,
+        stages: Arc<CommitStages>,
+    ) -> StoreResult<Arc<PostgresStore>> {
+        Self::start(url, max_batch, stages, true).await
+    }
+
+    /// [`PostgresStore::open`] of a database that already holds a store: an
+    /// error, rather than new empty tables, when Outpost's tables are not in the
+    /// URL's database and search path (a command given the wrong URL says so
+    /// instead of reporting an empty queue).
+    pub async fn open_existing(url: &str, max_batch: usize) -> StoreResult<Arc<PostgresStore>> {
+        Self::start(url, max_batch, Arc::default(), false).await
+    }
+
+    async fn start(
+        url: &str,
+        max_batch: usize,
+        stages: Arc<CommitStages>,
+        create: bool,
+    ) -> StoreResult<Arc<PostgresStore>> {
+        let mut config = parse_url(url).map_err(StoreError::Backend)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let conn = Conn::connect(&config).await?;
+        if !create && !schema::exists(&conn).await? {
+            return Err(StoreError::Backend(
+                "no Outpost store in this PostgreSQL database (no schema_version table in its \
+                 search path)"
+                    .into(),
+            ));
+        }
+        schema::migrate(&conn).await?;
+        Ok(Arc::new(PostgresStore {
+            jobs: writer::start(config.clone(), conn, max_batch.max(1), stages),
+            config,
+            readers: Mutex::new(Vec::new()),
+            reader_slots: tokio::sync::Semaphore::new(MAX_READERS),
+        }))
+    }
+
+    /// A read connection of the pool, given back when dropped.
+    async fn reader(&self) -> StoreResult<Reader<'_>> {
+        let slot = self
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("store is closed".into()))?;
+        let pooled = {
+            let mut pool = self.readers.lock().expect("reader pool lock");
+            pool.retain(|c| !c.client.is_closed());
+            pool.pop()
+        };
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => Conn::connect(&self.config).await?,
+        };
+        Ok(Reader {
+            store: self,
+            conn: Some(conn),
+            _slot: slot,
+        })
+    }
+}
+
+/// Checks a `postgres://` URL (what `[store] url` takes) without connecting.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("not a postgres:// or postgresql:// URL".into());
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("bad PostgreSQL URL: {e}"))
+}
+
+/// A pooled read connection.
+struct Reader<'a> {
+    store: &'a PostgresStore,
+    conn: Option<Conn>,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take().filter(|c| !c.client.is_closed()) {
+            self.store
+                .readers
+                .lock()
+                .expect("reader pool lock")
+                .push(conn);
+        }
+    }
+}
+
+/// One connection and the statements prepared on it (each SQL text is parsed
+/// and planned once per connection; the texts are constants or a few variants).
+pub(super) struct Conn {
+    client: Client,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    async fn connect(config: &tokio_postgres::Config) -> StoreResult<Conn> {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        // Whatever the server's default, a commit returns only once its WAL is
+        // flushed: the durability contract.
+        client.batch_execute("SET synchronous_commit = on").await?;
+        Ok(Conn {
+            client,
+            statements: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn statement(&self, sql: &str) -> StoreResult<Statement> {
+        if let Some(s) = self
+            .statements
+            .lock()
+            .expect("statement cache lock")
+            .get(sql)
+        {
+            return Ok(s.clone());
+        }
+        let prepared = self.client.prepare(sql).await?;
+        self.statements
+            .lock()
+            .expect("statement cache lock")
+            .insert(sql.to_string(), prepared.clone());
+        Ok(prepared)
+    }
+
+    pub(super) async fn query(&self, sql: &str, params: &Params<'_>) -> StoreResult<Vec<Row>> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.query(&statement, params).await?)
+    }
+
+    pub(super) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> StoreResult<Option<Row>> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.query_opt(&statement, params).await?)
+    }
+
+    /// The first column of the one row `sql` returns.
+    pub(super) async fn value<T>(&self, sql: &str, params: &Params<'_>) -> StoreResult<T>
+    where
+        T: for<'r> FromSql<'r>,
+    {
+        let statement = self.statement(sql).await?;
+        let row = self.client.query_one(&statement, params).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Rows changed.
+    pub(super) async fn execute(&self, sql: &str, params: &Params<'_>) -> StoreResult<u64> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.execute(&statement, params).await?)
+    }
+
+    /// True when `sql` changed a row.
+    pub(super) async fn changes_rows(&self, sql: &str, params: &Params<'_>) -> StoreResult<bool> {
+        Ok(self.execute(sql, params).await? > 0)
+    }
+
+    /// Runs statements without parameters or results (transaction control, DDL).
+    async fn batch(&self, sql: &str) -> StoreResult<()> {
+        Ok(self.client.batch_execute(sql).await?)
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        match e.code() {
+            Some(&SqlState::DISK_FULL) => StoreError::Full(e.to_string()),
+            // The server's message, not just "db error".
+            _ => StoreError::Backend(match e.as_db_error() {
+                Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                None => e.to_string(),
+            }),
+        }
+    }
+}
+
+/// True when `e` is a unique or primary key violation.
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Rows as `T`, each made by `f`.
+fn rows<T>(
+    rows: Vec<Row>,
+    f: impl Fn(&Row) -> Result<T, tokio_postgres::Error>,
+) -> StoreResult<Vec<T>> {
+    Ok(rows.iter().map(f).collect::<Result<_, _>>()?)
+}
+
+/// What only PostgreSQL does (the rest is the contract, `store/contract.rs`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::{TestSchema, connect, message};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_stores_claim_at_once_without_overlap() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let (a, b) = (
+            PostgresStore::open(&schema.url, 64).await.unwrap(),
+            PostgresStore::open(&schema.url, 64).await.unwrap(),
+        );
+        for _ in 0..100 {
+            a.enqueue(message(&["x@example.net"])).await.unwrap();
+        }
+        let mut claimed = Vec::new();
+        loop {
+            let (from_a, from_b) = tokio::join!(a.claim_due(10, 1000, 7), b.claim_due(10, 1000, 7));
+            let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+            if from_a.is_empty() && from_b.is_empty() {
+                break;
+            }
+            claimed.extend(from_a.into_iter().chain(from_b).map(|m| m.id));
+        }
+        let total = claimed.len();
+        claimed.sort();
+        claimed.dedup();
+        assert_eq!((total, claimed.len()), (100, 100), "each claimed once");
+    }
+
+    #[tokio::test]
+    async fn concurrent_enqueues_share_commits() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let metrics = crate::metrics::Metrics::default();
+        let store = PostgresStore::open_measured(&schema.url, 64, metrics.commit_stages())
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.enqueue(message(&["x@example.net"])).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let text = metrics.render(None, None, &Default::default());
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        let (writes, commits) = (
+            value("outpost_store_batch_writes_sum"),
+            value("outpost_store_batch_writes_count"),
+        );
+        assert_eq!(writes, 200.0);
+        assert!(commits < 200.0, "{commits} commits for 200 writes");
+        assert_eq!(store.pending_recipients().await.unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn open_existing_creates_nothing() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let Err(e) = PostgresStore::open_existing(&schema.url, 16).await else {
+            panic!("opened a store in an empty schema");
+        };
+        assert!(e.to_string().contains("no Outpost store"), "{e}");
+        let tables: i64 = connect(&schema.url)
+            .await
+            .query_one(
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tables, 0);
+        drop(PostgresStore::open(&schema.url, 16).await.unwrap());
+        PostgresStore::open_existing(&schema.url, 16).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_this_version_is_refused() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        drop(PostgresStore::open(&schema.url, 16).await.unwrap());
+        // Opening again runs no migration twice.
+        drop(PostgresStore::open(&schema.url, 16).await.unwrap());
+        connect(&schema.url)
+            .await
+            .batch_execute("INSERT INTO schema_version (version) VALUES (999)")
+            .await
+            .unwrap();
+        let Err(e) = PostgresStore::open(&schema.url, 16).await else {
+            panic!("opened a schema of version 999");
+        };
+        assert!(e.to_string().contains("newer than this Outpost"), "{e}");
+    }
+
+    #[test]
+    fn only_postgres_urls_are_taken() {
+        assert!(parse_url("postgres://u@h/db").is_ok());
+        assert!(parse_url("postgresql://u@h:5433/db?options=-csearch_path%3Dx").is_ok());
+        assert!(parse_url("sqlite:/var/lib/outpost").is_err());
+        assert!(parse_url("postgres://u@h/db?nonsense=1").is_err());
+    }
+}
