@@ -615,7 +615,7 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
                         class: BounceClass::BadMailbox,
                         suppress: true,
                         why: if by_code {
-                            "the enhanced status code says the mailbox does not exist (x.1.1, x.1.3, x.1.6)".into()
+                            "the enhanced status code says the mailbox does not exist (x.1.1, x.1.3, x.1.6; x.1.10 with words saying so, as Microsoft 365 answers)".into()
                         } else {
                             "the reply says the mailbox does not exist".into()
                         },
