@@ -84,3 +84,46 @@ async fn tenants_see_only_their_own() {
     let (status, err) = server.get(&path, ALICE).await;
     assert_eq!(status, 429, "{err}");
 }
+
+/// A sending domain's reputation and pause are its users' (and admins') to see:
+/// `GET /v1/stats` lists only the caller's domains, and the pause's events reach
+/// the users of that domain, not the others.
+#[tokio::test]
+async fn a_paused_domain_is_seen_by_its_users_only() {
+    let server = Server::start(Options::default()).await;
+    let pause = outpost::store::DomainPause {
+        domain: "alice.example".into(),
+        since: 1_700_000_000_000,
+        reason: "complaint rate 0.50%".into(),
+    };
+    assert!(server.running.store.pause_domain(pause).await.unwrap());
+    let domains = |stats: &Value| {
+        stats["sending_domains"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let (status, alice) = server.get("/v1/stats?windows=1h", ALICE).await;
+    assert_eq!(status, 200);
+    assert_eq!(domains(&alice), ["alice.example"]);
+    let seen = &alice["sending_domains"]["alice.example"];
+    assert_eq!(seen["paused_since"], 1_700_000_000_000_i64);
+    assert_eq!(seen["pause_reason"], "complaint rate 0.50%");
+    assert_eq!(
+        domains(&server.get("/v1/stats", ROOT).await.1),
+        ["alice.example"]
+    );
+    assert!(domains(&server.get("/v1/stats", BOB).await.1).is_empty());
+
+    let paused = |events: Vec<Value>| {
+        events
+            .into_iter()
+            .filter(|e| e["event"] == "domain_paused")
+            .map(|e| (e["domain"].clone(), e["reply"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![(json!("alice.example"), json!("complaint rate 0.50%"))];
+    assert_eq!(paused(server.all_events(ALICE, 10).await), expected);
+    assert_eq!(paused(server.all_events(ROOT, 10).await), expected);
+    assert!(paused(server.all_events(BOB, 10).await).is_empty());
+}
