@@ -137,3 +137,27 @@ async fn every_page_renders_with_empty_states_and_assets() {
     // The API and unsubscribe stay where they were.
     assert_eq!(alice.get("/v1/suppressions").await.status, 401);
 }
+
+#[tokio::test]
+async fn a_paused_domain_is_announced_to_its_users() {
+    let sink = SmtpSink::start_default().await;
+    let server = Server::start(&sink, "1s").await;
+    let pause = outpost::store::DomainPause {
+        domain: "alice.example".into(),
+        since: 1_700_000_000_000,
+        reason: "complaint rate 0.50%".into(),
+    };
+    assert!(server.running.store.pause_domain(pause).await.unwrap());
+    let notice = r#"data-paused="alice.example""#;
+    let mut alice = Browser::signed_in(&server, ALICE).await;
+    alice
+        .get("/")
+        .await
+        .assert_contains(notice)
+        .assert_contains("complaint rate 0.50%")
+        .assert_contains("outpost domain resume alice.example");
+    let mut bob = Browser::signed_in(&server, BOB).await;
+    let page = bob.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(notice), "another tenant's pause shown");
+}
