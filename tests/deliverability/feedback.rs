@@ -264,8 +264,8 @@ async fn paused(running: &Running) -> DomainPause {
     .await
 }
 
-/// Runs `outpost domain ARGS` on the relay's store, as an operator would.
-fn domain_command(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+/// Runs `outpost ARGS` on the relay's store, as an operator would.
+fn outpost_command(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let config = data_dir.join("cli.toml");
     std::fs::write(
         &config,
@@ -278,7 +278,6 @@ fn domain_command(data_dir: &std::path::Path, args: &[&str]) -> std::process::Ou
     std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
         .arg("--config")
         .arg(&config)
-        .arg("domain")
         .args(args)
         .output()
         .expect("outpost runs")
@@ -319,6 +318,16 @@ async fn complaints_past_the_ceiling_pause_the_domain_until_it_is_resumed() {
     );
     let (complaint_rate, bounce_rate, paused) = reputation_metrics(&running).await;
     assert_eq!((complaint_rate, bounce_rate, paused), (0.5, 0.0, true));
+    let stats = outpost_command(dir.path(), &["stats"]);
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("client.example"))
+        .unwrap_or_else(|| panic!("no client.example line in outpost stats:\n{stats}"));
+    assert!(
+        line.contains("50.00%") && line.contains("PAUSED since") && line.contains("complaint rate"),
+        "{line}"
+    );
     let hook = eventually("the domain_paused webhook", || async {
         hooks
             .events()
@@ -356,7 +365,7 @@ async fn complaints_past_the_ceiling_pause_the_domain_until_it_is_resumed() {
 
     // The operator's command, in another process, resumes it: the mail goes now
     // (its next retry would be a minute away).
-    let out = domain_command(dir.path(), &["resume", "client.example"]);
+    let out = outpost_command(dir.path(), &["domain", "resume", "client.example"]);
     assert!(out.status.success(), "{out:?}");
     eventually("the waiting message delivered", || async {
         let r = running
@@ -370,7 +379,7 @@ async fn complaints_past_the_ceiling_pause_the_domain_until_it_is_resumed() {
     })
     .await;
     assert!(!reputation_metrics(&running).await.2, "no longer paused");
-    let out = domain_command(dir.path(), &["resume", "client.example"]);
+    let out = outpost_command(dir.path(), &["domain", "resume", "client.example"]);
     assert!(!out.status.success(), "resuming twice is an error");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("client.example is not paused"),
