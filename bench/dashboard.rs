@@ -85,6 +85,7 @@ async fn generate(store: Arc<SqliteStore>, from: u64, total: u64) {
                     content: Arc::new(content.into_bytes()),
                     received_at: at,
                     first_attempt_at: at,
+                    claimed_by: None,
                 })
                 .await
                 .expect("enqueue");

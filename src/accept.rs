@@ -150,9 +150,13 @@ impl Acceptor {
         // the queue says when the store's copy is due.
         let reservation = self.queue.as_ref().and_then(|q| q.try_reserve(full.len()));
         let received_at = now.timestamp_millis();
-        let first_attempt_at = reservation
-            .as_ref()
-            .map_or(received_at, |r| r.first_attempt_at(received_at));
+        let (first_attempt_at, claimed_by) = match &reservation {
+            Some(r) => {
+                let (due, node) = r.claim(received_at);
+                (due, Some(node))
+            }
+            None => (received_at, None),
+        };
         let user = s.user.map(|u| u.name);
         let message = NewMessage {
             id: id.clone(),
@@ -163,6 +167,7 @@ impl Acceptor {
             content: Arc::new(full),
             received_at,
             first_attempt_at,
+            claimed_by,
         };
         self.store.enqueue(message.clone()).await?;
         let from = message

@@ -51,6 +51,9 @@ enum Command {
     /// Check the configuration file.
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
+    /// Nodes sharing a PostgreSQL store: their heartbeats and claims.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
 }
 
 fn main() -> Result<()> {
@@ -86,6 +89,7 @@ fn main() -> Result<()> {
             Command::Check(args) => cli::check::run(&config, args).await,
             Command::Stats(args) => cli::stats::run(&config, args).await,
             Command::Config(cmd) => cli::config::run(&config, cli.config.as_deref(), cmd),
+            Command::Cluster(cmd) => cli::cluster::run(&config, cmd).await,
         }
     })
 }

@@ -127,8 +127,13 @@ pub async fn open_store(
         StoreLocation::Sqlite => SqliteStore::open_measured(&config.data_dir, max_batch, stages)?,
         StoreLocation::Postgres(url) => {
             let store = PostgresStore::open_measured(&url, max_batch, stages).await?;
-            // A second node would void this one's claims at its start-up.
-            tracing::info!("store: PostgreSQL; run one node per database (docs/cluster.md)");
+            // Names must differ between nodes: a node restarting voids the claims
+            // under its name.
+            tracing::info!(
+                node = %config.server.node_name,
+                lease = ?config.store.lease.get(),
+                "store: PostgreSQL, shared by the nodes of a cluster (docs/cluster.md)"
+            );
             store
         }
     })

@@ -6,6 +6,7 @@
 
 pub mod bounce;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod keys;

@@ -76,12 +76,17 @@ pub struct ServerConfig {
     /// may take to finish once listening has stopped. Default 30s (systemd's
     /// default stop timeout is 90s, Docker's 10s: `docker stop -t 40`).
     pub shutdown_grace: Duration,
+    /// This node's name in a store shared by several nodes: the claims it holds
+    /// carry it, so a restarting node releases its own claims and no other's.
+    /// Default: the machine's host name. Unique per node.
+    pub node_name: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_grace: Duration::from_secs(30),
+            node_name: default_hostname(),
         }
     }
 }
@@ -239,6 +244,10 @@ pub struct StoreConfig {
     /// (docs/cluster.md); absent or `sqlite:` for the embedded SQLite store in
     /// `data_dir`.
     pub url: Option<String>,
+    /// How long a claim on due work lasts unless its node renews it: a node that
+    /// dies holding work has it taken over by the others this long after its last
+    /// renewal. Default 60s.
+    pub lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -246,6 +255,7 @@ impl Default for StoreConfig {
         StoreConfig {
             max_batch: 256,
             url: None,
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -596,6 +606,12 @@ impl Config {
         if self.store.max_batch < 1 {
             return invalid("store.max_batch must be at least 1".into());
         }
+        if self.store.lease.get() < std::time::Duration::from_secs(1) {
+            return invalid("store.lease must be at least 1s".into());
+        }
+        if self.server.node_name.trim().is_empty() {
+            return invalid("server.node_name must not be empty".into());
+        }
         if let StoreLocation::Postgres(url) = self.store.location() {
             // The message never repeats the URL: it may hold a password.
             if let Err(e) = crate::store::parse_postgres_url(&url) {
@@ -700,6 +716,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn node_name_and_lease_default_and_are_checked() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.server.node_name, default_hostname());
+        assert_eq!(config.store.lease.get(), std::time::Duration::from_secs(60));
+        let set =
+            Config::from_toml("[server]\nnode_name = \"a\"\n[store]\nlease = \"2s\"\n").unwrap();
+        assert_eq!(set.server.node_name, "a");
+        assert_eq!(set.store.lease.get(), std::time::Duration::from_secs(2));
+        for (bad, key) in [
+            ("[server]\nnode_name = \" \"\n", "server.node_name"),
+            ("[store]\nlease = \"0s\"\n", "store.lease"),
+        ] {
+            let err = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

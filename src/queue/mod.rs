@@ -42,8 +42,11 @@ use tokio::sync::{Notify, OnceCell};
 use window::{Place, Window};
 use worker::Attempt;
 
-/// How long a claim in the store lasts before another scan may take the work again.
-const CLAIM_LEASE: Duration = Duration::from_secs(600);
+/// The claim lease of versions before node names: their claims have no holder,
+/// so at start-up deferred recipients due within this long are taken for such
+/// claims and made due at once (real retries among them are merely early; a
+/// restart has forgotten the suspensions that deferred them anyway).
+const HOLDERLESS_LEASE: Duration = Duration::from_secs(600);
 /// How often the scanner looks for due work when nothing wakes it earlier.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Most messages claimed by one scan.
@@ -178,12 +181,16 @@ impl QueueHandle {
 }
 
 impl Reservation {
-    /// When the store's copy of a message received at `received_at` (ms) is first
-    /// due: after the claim lease, since delivery already holds the message, so no
-    /// scan takes it twice; should this process die, the lease runs out and a scan
-    /// finds it.
-    pub fn first_attempt_at(&self, received_at: i64) -> i64 {
-        received_at + CLAIM_LEASE.as_millis() as i64
+    /// The claim on the store's copy of a message received at `received_at` (ms):
+    /// when it is first due, and the node holding it. Delivery already holds the
+    /// message, so it is due after the lease (renewed while it is held) and no
+    /// scan takes it twice; should this process die, the lease runs out and a
+    /// scan, of any node, finds it.
+    pub fn claim(&self, received_at: i64) -> (i64, String) {
+        (
+            received_at + self.engine.lease_ms(),
+            self.engine.config.server.node_name.clone(),
+        )
     }
 
     /// Hands a committed message to delivery.
@@ -448,10 +455,43 @@ impl Engine {
         send
     }
 
+    fn lease_ms(&self) -> i64 {
+        self.config.store.lease.get().as_millis() as i64
+    }
+
+    /// Renews the claims on the messages held in memory, a few times per lease,
+    /// so that no other node takes over a delivery that is only slow. Each
+    /// renewal is also the node's heartbeat, the first at start-up.
+    async fn renew_loop(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.config.store.lease.get() / 3);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let held: Vec<QueueId> = self
+                .held
+                .lock()
+                .expect("held lock")
+                .iter()
+                .filter(|(_, m)| m.strong_count() > 0)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let now = now_ms();
+            let node = &self.config.server.node_name;
+            if let Err(e) = self
+                .store
+                .renew_claims(node, held, now, now + self.lease_ms())
+                .await
+            {
+                tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
+            }
+        }
+    }
+
     async fn scan_loop(self: Arc<Self>) {
         let now = now_ms();
-        let lease_until = now + CLAIM_LEASE.as_millis() as i64;
-        match self.store.release_claims(now, lease_until).await {
+        let lease_until = now + HOLDERLESS_LEASE.as_millis() as i64;
+        let node = &self.config.server.node_name;
+        match self.store.release_claims(node, now, lease_until).await {
             Ok(n) if n > 0 => tracing::info!(
                 recipients = n,
                 "resuming deliveries left by the previous run"
@@ -466,6 +506,7 @@ impl Engine {
             let engine = self.clone();
             async move { engine.finish_leftovers().await }
         });
+        tokio::spawn(self.clone().renew_loop());
         let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
         loop {
             self.refresh_paused().await;
@@ -493,8 +534,9 @@ impl Engine {
             return true;
         }
         let now = now_ms();
-        let lease_until = now + CLAIM_LEASE.as_millis() as i64;
-        let claimed = match self.store.claim_due(now, lease_until, room).await {
+        let lease_until = now + self.lease_ms();
+        let node = &self.config.server.node_name;
+        let claimed = match self.store.claim_due(node, now, lease_until, room).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot claim due messages");
@@ -600,6 +642,7 @@ impl Engine {
                     content: Arc::new(report),
                     received_at: now,
                     first_attempt_at: now,
+                    claimed_by: None,
                 };
                 let dsn_id = dsn.id.clone();
                 if let Err(e) = self.store.enqueue(dsn).await {

@@ -32,6 +32,7 @@ pub fn message(rcpts: &[&str]) -> NewMessage {
         content: Arc::new(b"Subject: t\r\n\r\nbody\r\n".to_vec()),
         received_at: 1,
         first_attempt_at: 1,
+        claimed_by: None,
     }
 }
 
@@ -174,6 +175,8 @@ contract!(
     unfinalized_is_paged_and_local_mail_keeps_its_content,
     retry_now_and_release_claims_make_recipients_due,
     release_claims_frees_claimed_retries_but_not_distant_ones,
+    release_claims_frees_the_nodes_own_claims_only,
+    renewed_claims_are_not_taken_over_until_their_node_stops,
     unclaim_makes_a_claimed_message_due_without_a_retry_request,
     claims_are_oldest_first_limited_and_grouped_by_message,
     concurrent_enqueues_share_commits_and_all_land,
@@ -222,11 +225,15 @@ async fn claim_record_finalize_cycle(b: &Backend) {
     let msg = message(&["a@x.example", "b@y.example"]);
     let id = msg.id.clone();
     store.enqueue(msg).await.unwrap();
-    let claimed = store.claim_due(10, 1000, 10).await.unwrap();
+    let claimed = store.claim_due("n1", 10, 1000, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].recipients.len(), 2);
     assert!(
-        store.claim_due(10, 1000, 10).await.unwrap().is_empty(),
+        store
+            .claim_due("n1", 10, 1000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed twice"
     );
     let update = |idx, status| RecipientUpdate {
@@ -250,7 +257,7 @@ async fn claim_record_finalize_cycle(b: &Backend) {
         .await
         .unwrap();
     assert!(done.is_none());
-    let again = store.claim_due(60, 2000, 10).await.unwrap();
+    let again = store.claim_due("n1", 60, 2000, 10).await.unwrap();
     assert_eq!(again[0].recipients.len(), 1);
     assert_eq!(again[0].recipients[0].attempts, 1);
     let bounced = RecipientUpdate {
@@ -362,13 +369,13 @@ async fn retry_now_and_release_claims_make_recipients_due(b: &Backend) {
     let mut msg = message(&["a@x.example"]);
     msg.first_attempt_at = 1_000_000;
     store.enqueue(msg).await.unwrap();
-    assert!(store.claim_due(10, 20, 10).await.unwrap().is_empty());
-    assert_eq!(store.release_claims(10, 600).await.unwrap(), 1);
-    assert_eq!(store.claim_due(10, 5_000, 10).await.unwrap().len(), 1);
+    assert!(store.claim_due("n1", 10, 20, 10).await.unwrap().is_empty());
+    assert_eq!(store.release_claims("n1", 10, 600).await.unwrap(), 1);
+    assert_eq!(store.claim_due("n1", 10, 5_000, 10).await.unwrap().len(), 1);
     assert_eq!(store.retry_requested_at().await.unwrap(), 0);
     assert_eq!(store.retry_now(None, 11).await.unwrap(), 1);
     assert_eq!(store.retry_requested_at().await.unwrap(), 11);
-    assert_eq!(store.claim_due(11, 5_000, 10).await.unwrap().len(), 1);
+    assert_eq!(store.claim_due("n1", 11, 5_000, 10).await.unwrap().len(), 1);
 }
 
 async fn release_claims_frees_claimed_retries_but_not_distant_ones(b: &Backend) {
@@ -376,7 +383,7 @@ async fn release_claims_frees_claimed_retries_but_not_distant_ones(b: &Backend) 
     let msg = message(&["a@x.example", "b@y.example"]);
     let id = msg.id.clone();
     store.enqueue(msg).await.unwrap();
-    store.claim_due(10, 20, 10).await.unwrap();
+    store.claim_due("n1", 10, 20, 10).await.unwrap();
     let deferred = |idx, next_attempt| RecipientUpdate {
         idx,
         status: RecipientStatus::Deferred,
@@ -391,15 +398,106 @@ async fn release_claims_frees_claimed_retries_but_not_distant_ones(b: &Backend) 
         .await
         .unwrap();
     // The retry of the first recipient is claimed, then the process dies.
-    assert_eq!(store.claim_due(30, 630, 10).await.unwrap().len(), 1);
-    assert!(store.claim_due(40, 640, 10).await.unwrap().is_empty());
+    assert_eq!(store.claim_due("n1", 30, 630, 10).await.unwrap().len(), 1);
+    assert!(store.claim_due("n1", 40, 640, 10).await.unwrap().is_empty());
     // Restart at 40 with a lease of 600: the claim (until 630) is void; the
     // retry due at 1,000,000 keeps its time.
-    assert_eq!(store.release_claims(40, 640).await.unwrap(), 1);
-    let due = store.claim_due(40, 640, 10).await.unwrap();
+    assert_eq!(store.release_claims("n1", 40, 640).await.unwrap(), 1);
+    let due = store.claim_due("n1", 40, 640, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].recipients.len(), 1);
     assert_eq!(due[0].recipients[0].idx, 0);
+}
+
+/// A restarting node voids its previous run's claims, not those of other nodes,
+/// which may be alive; one node at a time uses SQLite, so there every claim is
+/// its own.
+async fn release_claims_frees_the_nodes_own_claims_only(b: &Backend) {
+    let store = b.open().await;
+    let due_at = |at| NewMessage {
+        first_attempt_at: at,
+        ..message(&["a@x.example"])
+    };
+    let (mine, theirs) = (due_at(1), due_at(2));
+    // Handed by inbound straight to n2's delivery.
+    let reserved = NewMessage {
+        first_attempt_at: 1_000,
+        claimed_by: Some("n2".into()),
+        ..message(&["b@y.example"])
+    };
+    let mine_id = mine.id.clone();
+    for m in [mine, theirs, reserved] {
+        store.enqueue(m).await.unwrap();
+    }
+    let claim = |node, now| {
+        let store = store.clone();
+        async move {
+            let due = store.claim_due(node, now, now + 80, 10).await.unwrap();
+            due.into_iter().map(|m| m.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        store.claim_due("n1", 10, 90, 1).await.unwrap()[0].id,
+        mine_id
+    );
+    assert_eq!(store.claim_due("n2", 10, 90, 1).await.unwrap().len(), 1);
+    assert!(claim("n3", 10).await.is_empty());
+    let released = store.release_claims("n1", 20, 100).await.unwrap();
+    match b {
+        Backend::Sqlite(_) => {
+            assert_eq!(released, 3);
+            assert_eq!(claim("n3", 20).await.len(), 3);
+        }
+        Backend::Postgres(_) => {
+            assert_eq!(released, 1);
+            assert_eq!(claim("n3", 20).await, vec![mine_id]);
+            assert_eq!(store.release_claims("n2", 30, 110).await.unwrap(), 2);
+            assert_eq!(claim("n3", 30).await.len(), 2);
+        }
+    }
+}
+
+/// A node renews the claims of the messages it still holds, so a slow delivery
+/// is not taken over; once it stops, another node takes the work at the lease's
+/// end. Renewals are the nodes' heartbeats in the cluster's status.
+async fn renewed_claims_are_not_taken_over_until_their_node_stops(b: &Backend) {
+    let store = b.open().await;
+    let msg = message(&["a@x.example", "b@y.example"]);
+    let id = msg.id.clone();
+    store.enqueue(msg).await.unwrap();
+    assert_eq!(store.claim_due("n1", 10, 100, 10).await.unwrap().len(), 1);
+    let renew = |node, held: &[&QueueId], now| {
+        let held = held.iter().map(|id| (*id).clone()).collect();
+        store.renew_claims(node, held, now, now + 100)
+    };
+    // Another node's renewal, or one for messages not held, changes nothing.
+    assert_eq!(renew("n2", &[&id], 50).await.unwrap(), 0);
+    assert_eq!(renew("n1", &[], 50).await.unwrap(), 0);
+    // The first recipient's attempt ends its claim: only the second is renewed.
+    store
+        .record_attempt(&id, vec![update(0, RecipientStatus::Delivered)], 60)
+        .await
+        .unwrap();
+    assert_eq!(renew("n1", &[&id], 70).await.unwrap(), 1);
+    assert!(
+        store
+            .claim_due("n2", 100, 200, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // n1 stopped renewing at 70: at 170 its lease is over and n2 takes over.
+    let taken = store.claim_due("n2", 170, 270, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].recipients[0].idx, 1);
+    let status = store.cluster_status().await.unwrap();
+    assert_eq!(status.pending, 1);
+    let node = |name: &str, last_seen, claims| NodeStatus {
+        name: name.into(),
+        last_seen,
+        claims,
+    };
+    assert_eq!(status.nodes, vec![node("n1", 70, 0), node("n2", 50, 1)]);
 }
 
 async fn concurrent_enqueues_share_commits_and_all_land(b: &Backend) {
@@ -484,11 +582,11 @@ async fn pausing_and_resuming_a_domain_is_logged_and_frees_its_mail(b: &Backend)
             reason: "complaint rate 0.50%".into(),
         }]
     );
-    assert!(store.claim_due(20, 30, 10).await.unwrap().is_empty());
+    assert!(store.claim_due("n1", 20, 30, 10).await.unwrap().is_empty());
     assert!(store.resume_domain("example.com", 20).await.unwrap());
     assert!(!store.resume_domain("example.com", 21).await.unwrap());
     assert!(store.paused_domains().await.unwrap().is_empty());
-    let due = store.claim_due(20, 30, 10).await.unwrap();
+    let due = store.claim_due("n1", 20, 30, 10).await.unwrap();
     assert_eq!(due.len(), 1, "the domain's mail is due at resume");
     assert_eq!(due[0].id, id);
     let events: Vec<_> = store
@@ -800,17 +898,23 @@ async fn unclaim_makes_a_claimed_message_due_without_a_retry_request(b: &Backend
     let msg = message(&["a@x.example"]);
     let id = msg.id.clone();
     store.enqueue(msg).await.unwrap();
-    assert_eq!(store.claim_due(10, 1_000, 10).await.unwrap().len(), 1);
-    assert!(store.claim_due(20, 1_000, 10).await.unwrap().is_empty());
+    assert_eq!(store.claim_due("n1", 10, 1_000, 10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .claim_due("n1", 20, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.unclaim(&id, 20).await.unwrap();
     assert_eq!(store.retry_requested_at().await.unwrap(), 0);
-    let due = store.claim_due(20, 1_000, 10).await.unwrap();
+    let due = store.claim_due("n1", 20, 1_000, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, id);
     // retry_now of one message: its claimed recipient is due again, and noted.
     assert_eq!(store.retry_now(Some(&id), 30).await.unwrap(), 1);
     assert_eq!(store.retry_requested_at().await.unwrap(), 30);
-    assert_eq!(store.claim_due(30, 1_000, 10).await.unwrap().len(), 1);
+    assert_eq!(store.claim_due("n1", 30, 1_000, 10).await.unwrap().len(), 1);
 }
 
 async fn claims_are_oldest_first_limited_and_grouped_by_message(b: &Backend) {
@@ -827,7 +931,7 @@ async fn claims_are_oldest_first_limited_and_grouped_by_message(b: &Backend) {
     for m in [&later, &first, &second, &not_yet] {
         store.enqueue(m.clone()).await.unwrap();
     }
-    let claimed = store.claim_due(50, 500, 3).await.unwrap();
+    let claimed = store.claim_due("n1", 50, 500, 3).await.unwrap();
     let ids: Vec<&QueueId> = claimed.iter().map(|m| &m.id).collect();
     assert_eq!(ids, vec![&first.id, &second.id, &later.id]);
     assert_eq!(claimed[0].mail_from, None, "the null sender");
@@ -836,7 +940,7 @@ async fn claims_are_oldest_first_limited_and_grouped_by_message(b: &Backend) {
     assert_eq!(claimed[0].recipients[0].address.to_string(), "c@y.example");
     assert_eq!(claimed[0].recipients[0].attempts, 0);
     assert_eq!(claimed[2].recipients.len(), 1, "limited to 3 recipients");
-    let rest = store.claim_due(50, 500, 10).await.unwrap();
+    let rest = store.claim_due("n1", 50, 500, 10).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].id, later.id);
     assert_ne!(rest[0].recipients[0].idx, claimed[2].recipients[0].idx);

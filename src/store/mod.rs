@@ -106,12 +106,14 @@ pub trait QueueStore: Send + Sync {
     /// Removes a message and its recipients; false if there was none.
     fn delete_message(&self, id: &QueueId) -> StoreFuture<'_, bool>;
 
-    /// Claims up to `limit` queued or deferred recipients due at `now`, oldest
-    /// first, by moving their `next_attempt` to `lease_until`; grouped by message.
-    /// A recipient whose attempt is never recorded (crash) is claimed again once
-    /// the lease runs out.
+    /// Claims up to `limit` queued or deferred recipients due at `now` for the
+    /// node `node`, oldest first, by moving their `next_attempt` to `lease_until`
+    /// and noting `node` as their holder; grouped by message. A recipient whose
+    /// attempt is never recorded (its node died) is claimed again once the lease
+    /// runs out unless its node renews it ([`QueueStore::renew_claims`]).
     fn claim_due(
         &self,
+        node: &str,
         now: i64,
         lease_until: i64,
         limit: usize,
@@ -149,12 +151,29 @@ pub trait QueueStore: Send + Sync {
     fn unclaim(&self, id: &QueueId, now: i64) -> StoreFuture<'_, ()>;
     /// When `retry_now` was last asked for (unix ms; 0 if never).
     fn retry_requested_at(&self) -> StoreFuture<'_, i64>;
-    /// At start-up of a single node: claims left by a previous run are void, so
-    /// their recipients are made due at `now`. Claims end by `lease_until` (now
-    /// plus the claim lease): queued recipients due after `now`, and deferred ones
-    /// due between `now` and `lease_until` (a claimed retry cannot be told from a
-    /// retry due that soon; trying the latter a little early is harmless).
-    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize>;
+    /// At start-up of node `node`: the claims its previous run left are void, so
+    /// their recipients are made due at `now`. Claims of other nodes are left to
+    /// run out (they may be alive), except on SQLite, which one node uses at a
+    /// time: there every claim is its previous run's. Claims made by versions
+    /// that did not note a holder are void too; they end by `lease_until` (now
+    /// plus those versions' lease): queued recipients due after `now`, and
+    /// deferred ones due between `now` and `lease_until` (such a claim cannot be
+    /// told from a retry due that soon; trying the latter early is harmless).
+    fn release_claims(&self, node: &str, now: i64, lease_until: i64) -> StoreFuture<'_, usize>;
+    /// Node `node` is alive at `now` (its heartbeat, for `outpost cluster
+    /// status`) and still holds the messages `held`: their recipients it claimed
+    /// that are still pending and not yet due get `lease_until` as their new
+    /// due time, so no other node takes them over. Returns how many.
+    fn renew_claims(
+        &self,
+        node: &str,
+        held: Vec<QueueId>,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreFuture<'_, usize>;
+    /// The nodes that have renewed claims (their heartbeats), by name, and the
+    /// recipients each holds; with the number of pending recipients no node holds.
+    fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus>;
 }
 
 /// The event log: one ordered cursor over what happened to messages.

@@ -115,6 +115,27 @@ pub struct NewMessage {
     /// sets it in the future when it hands the message straight to the queue, so a
     /// store scan does not pick it up a second time.
     pub first_attempt_at: i64,
+    /// The node that holds the message's claim from the start (with
+    /// `first_attempt_at` in the future), when inbound hands it straight to its
+    /// own queue; `None` for mail any node may claim when due.
+    pub claimed_by: Option<String>,
+}
+
+/// What `outpost cluster status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterStatus {
+    pub nodes: Vec<NodeStatus>,
+    /// Pending (queued or deferred) recipients, claimed or not: the queue's size.
+    pub pending: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// Unix ms of its last heartbeat; 0 for a holder of claims never seen beating.
+    pub last_seen: i64,
+    /// Pending recipients it holds a claim on.
+    pub claims: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

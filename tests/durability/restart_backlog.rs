@@ -34,9 +34,9 @@ const SESSIONS: usize = 4;
 const PHASE: Duration = Duration::from_secs(40);
 /// The first attempt finds the destination down and suspends it for the first
 /// retry interval; every later message is deferred to the end of that suspension
-/// without an attempt. That is under the claim lease (10 minutes), so start-up
-/// treats these recipients like claims a crash left behind and makes them due
-/// at once.
+/// without an attempt. That is under 10 minutes, the lease of claims that name
+/// no node, so start-up treats these recipients like claims a crash left behind
+/// and makes them due at once.
 const DELIVERY: &str = "retry = [\"5m\"]";
 
 fn rcpt(n: usize) -> String {
@@ -190,6 +190,7 @@ fn stored_message(rcpt: &str) -> NewMessage {
         content: Arc::new(message(CLIENT_SENDER, rcpt, "stored\r\n")),
         received_at: now,
         first_attempt_at: now,
+        claimed_by: None,
     }
 }
 

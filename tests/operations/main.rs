@@ -7,6 +7,7 @@
 mod support;
 
 mod check_exit;
+mod cluster;
 mod lifecycle;
 mod logs;
 mod postgres;

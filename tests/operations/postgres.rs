@@ -15,19 +15,42 @@ use std::time::{Duration, Instant};
 const POSTGRES_ENV: &str = "OUTPOST_TEST_POSTGRES";
 
 /// A schema of its own on the test server, dropped with its tables when this is.
-struct Schema {
+pub struct Schema {
     server: String,
     name: String,
 }
 
 impl Schema {
+    /// A fresh schema on the server of `OUTPOST_TEST_POSTGRES`; `None`, said on
+    /// stderr past the harness's capture (so a run without the server says
+    /// so), when the variable is not set.
+    pub async fn create(test: &str) -> Option<Schema> {
+        let Some(server) = std::env::var(POSTGRES_ENV).ok().filter(|s| !s.is_empty()) else {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test} ({POSTGRES_ENV} is not set)"
+            );
+            return None;
+        };
+        let schema = Schema {
+            name: format!("e2e_{:016x}", rand::random::<u64>()),
+            server,
+        };
+        connect(&schema.server)
+            .await
+            .batch_execute(&format!("CREATE SCHEMA {}", schema.name))
+            .await
+            .unwrap();
+        Some(schema)
+    }
+
     /// The server's URL with the schema as the search path, for `[store] url`.
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         let sep = if self.server.contains('?') { '&' } else { '?' };
         format!("{}{sep}options=-csearch_path%3D{}", self.server, self.name)
     }
 
-    async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+    pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         connect(&self.url()).await.query(sql, &[]).await.unwrap()
     }
 }
@@ -63,24 +86,11 @@ async fn connect(url: &str) -> tokio_postgres::Client {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_on_postgres_accepts_delivers_and_the_cli_sees_it() {
-    let Some(server) = std::env::var(POSTGRES_ENV).ok().filter(|s| !s.is_empty()) else {
-        // Past the harness's capture, so a run without the server says so.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: serve_on_postgres_accepts_delivers_and_the_cli_sees_it \
-             ({POSTGRES_ENV} is not set)"
-        );
+    let Some(schema) =
+        Schema::create("serve_on_postgres_accepts_delivers_and_the_cli_sees_it").await
+    else {
         return;
     };
-    let schema = Schema {
-        name: format!("e2e_{:016x}", rand::random::<u64>()),
-        server,
-    };
-    connect(&schema.server)
-        .await
-        .batch_execute(&format!("CREATE SCHEMA {}", schema.name))
-        .await
-        .unwrap();
 
     let sink = SmtpSink::start_default().await;
     let dns = FakeDns::start("pg.test MX 10 mx.pg.test\nmx.pg.test A 127.0.0.1\n").await;

@@ -15,6 +15,7 @@ const READ_ONLY: &[&[&str]] = &[
     &["domain", "dns", "example.com"],
     &["suppress", "list"],
     &["stats"],
+    &["cluster", "status"],
 ];
 
 #[test]
@@ -61,5 +62,14 @@ fn a_new_store_is_announced_and_an_empty_user_list_says_so() {
         text(&out.stderr).contains(&format!("store: {}", database.display())),
         "{}",
         text(&out.stderr)
+    );
+    // SQLite serves one node: the cluster's status says so.
+    let out = outpost(dir.path(), None, &["cluster", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = text(&out.stdout);
+    assert!(status.starts_with("single node"), "{status}");
+    assert!(
+        status.ends_with("0 node(s), 0 recipient(s) in the queue\n"),
+        "{status}"
     );
 }

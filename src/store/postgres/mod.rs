@@ -288,7 +288,8 @@ mod tests {
         }
         let mut claimed = Vec::new();
         loop {
-            let (from_a, from_b) = tokio::join!(a.claim_due(10, 1000, 7), b.claim_due(10, 1000, 7));
+            let (from_a, from_b) =
+                tokio::join!(a.claim_due("a", 10, 1000, 7), b.claim_due("b", 10, 1000, 7));
             let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
             if from_a.is_empty() && from_b.is_empty() {
                 break;

@@ -96,6 +96,7 @@ async fn summary(conn: &Conn, id: &str) -> StoreResult<Option<MessageSummary>> {
 
 async fn claim_due(
     conn: &Conn,
+    node: &str,
     now: i64,
     lease_until: i64,
     limit: usize,
@@ -108,11 +109,11 @@ async fn claim_due(
                      WHERE status IN {PENDING} AND next_attempt <= $1
                      ORDER BY next_attempt LIMIT $3
                      FOR UPDATE SKIP LOCKED)
-                 UPDATE recipients r SET next_attempt = $2 FROM due
+                 UPDATE recipients r SET next_attempt = $2, claimed_by = $4 FROM due
                  WHERE r.message_id = due.message_id AND r.idx = due.idx
                  RETURNING r.message_id, r.idx, r.address, r.attempts, due.next_attempt"
             ),
-            &[&now, &lease_until, &(limit as i64)],
+            &[&now, &lease_until, &(limit as i64), &node],
         )
         .await?;
     let mut claimed = rows(claimed, |row| {
@@ -173,14 +174,14 @@ async fn make_due(conn: &Conn, id: Option<&str>, now: i64) -> StoreResult<usize>
     let changed = match id {
         Some(id) => {
             conn.execute(
-                &format!("UPDATE recipients SET next_attempt = $2 WHERE message_id = $1 AND status IN {PENDING}"),
+                &format!("UPDATE recipients SET next_attempt = $2, claimed_by = NULL WHERE message_id = $1 AND status IN {PENDING}"),
                 &[&id, &now],
             )
             .await?
         }
         None => {
             conn.execute(
-                &format!("UPDATE recipients SET next_attempt = $1 WHERE status IN {PENDING} AND next_attempt > $1"),
+                &format!("UPDATE recipients SET next_attempt = $1, claimed_by = NULL WHERE status IN {PENDING} AND next_attempt > $1"),
                 &[&now],
             )
             .await?
@@ -220,8 +221,9 @@ impl QueueStore for PostgresStore {
                              INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content)
                              VALUES ($1, $2, $3, $4, $5, $6, $7)),
                          rcpts AS (
-                             INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt)
-                             SELECT $1, r.n - 1, r.address, r.domain, r.status, $8
+                             INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt, claimed_by)
+                             SELECT $1, r.n - 1, r.address, r.domain, r.status, $8,
+                                 CASE WHEN r.status = 'queued' THEN $19::TEXT END
                              FROM unnest($9::TEXT[], $10::TEXT[], $11::TEXT[]) WITH ORDINALITY
                                  AS r(address, domain, status, n)),
                          accepted AS (
@@ -249,6 +251,7 @@ impl QueueStore for PostgresStore {
                         &facts.search,
                         &facts.hour,
                         &facts.relayed,
+                        &message.claimed_by,
                     ],
                 )
                 .await?;
@@ -316,11 +319,15 @@ impl QueueStore for PostgresStore {
 
     fn claim_due(
         &self,
+        node: &str,
         now: i64,
         lease_until: i64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<DueMessage>> {
-        Box::pin(self.write(move |conn| Box::pin(claim_due(conn, now, lease_until, limit))))
+        let node = node.to_string();
+        Box::pin(self.write(move |conn| {
+            Box::pin(async move { claim_due(conn, &node, now, lease_until, limit).await })
+        }))
     }
 
     fn record_attempt(
@@ -340,7 +347,8 @@ impl QueueStore for PostgresStore {
                         .query_opt(
                             "UPDATE recipients SET status = $3, next_attempt = $4, last_reply = $5,
                                  last_class = $6, attempts = attempts + $7,
-                                 last_attempt = CASE WHEN $7 > 0 THEN $8 ELSE last_attempt END
+                                 last_attempt = CASE WHEN $7 > 0 THEN $8 ELSE last_attempt END,
+                                 claimed_by = NULL
                              WHERE message_id = $1 AND idx = $2 RETURNING address",
                             &[
                                 &id,
@@ -468,18 +476,92 @@ impl QueueStore for PostgresStore {
         })
     }
 
-    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize> {
+    fn release_claims(&self, node: &str, now: i64, lease_until: i64) -> StoreFuture<'_, usize> {
+        let node = node.to_string();
         Box::pin(self.write(move |conn| {
             Box::pin(async move {
                 let n = conn
                     .execute(
-                        "UPDATE recipients SET next_attempt = $1 WHERE next_attempt > $1
-                         AND (status = 'queued' OR (status = 'deferred' AND next_attempt <= $2))",
-                        &[&now, &lease_until],
+                        &format!(
+                            "UPDATE recipients SET next_attempt = $1, claimed_by = NULL
+                             WHERE status IN {PENDING} AND next_attempt > $1 AND (claimed_by = $3
+                                 OR (claimed_by IS NULL
+                                     AND (status = 'queued' OR next_attempt <= $2)))"
+                        ),
+                        &[&now, &lease_until, &node],
                     )
                     .await?;
                 Ok(n as usize)
             })
         }))
+    }
+
+    fn renew_claims(
+        &self,
+        node: &str,
+        held: Vec<QueueId>,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreFuture<'_, usize> {
+        let node = node.to_string();
+        Box::pin(self.write(move |conn| {
+            Box::pin(async move {
+                conn.execute(
+                    "INSERT INTO nodes (name, last_seen) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                    &[&node, &now],
+                )
+                .await?;
+                let held: Vec<&str> = held.iter().map(QueueId::as_str).collect();
+                let n = conn
+                    .execute(
+                        &format!(
+                            "UPDATE recipients SET next_attempt = $4 WHERE message_id = ANY($2)
+                             AND claimed_by = $1 AND status IN {PENDING} AND next_attempt > $3"
+                        ),
+                        &[&node, &held, &now, &lease_until],
+                    )
+                    .await?;
+                Ok(n as usize)
+            })
+        }))
+    }
+
+    fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus> {
+        Box::pin(async move {
+            let conn = self.reader().await?;
+            let nodes = conn
+                .query(
+                    &format!(
+                        "WITH claims AS (
+                             SELECT claimed_by AS name, COUNT(*) AS n FROM recipients
+                             WHERE status IN {PENDING} AND claimed_by IS NOT NULL
+                             GROUP BY claimed_by)
+                         SELECT COALESCE(nodes.name, claims.name), COALESCE(nodes.last_seen, 0),
+                             COALESCE(claims.n, 0)
+                         FROM nodes FULL JOIN claims ON claims.name = nodes.name
+                         ORDER BY 1"
+                    ),
+                    &[],
+                )
+                .await?;
+            let nodes = rows(nodes, |row| {
+                Ok(NodeStatus {
+                    name: row.try_get(0)?,
+                    last_seen: row.try_get(1)?,
+                    claims: row.try_get::<_, i64>(2)? as usize,
+                })
+            })?;
+            let pending: i64 = conn
+                .value(
+                    &format!("SELECT COUNT(*) FROM recipients WHERE status IN {PENDING}"),
+                    &[],
+                )
+                .await?;
+            Ok(ClusterStatus {
+                nodes,
+                pending: pending as usize,
+            })
+        })
     }
 }

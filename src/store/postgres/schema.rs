@@ -150,6 +150,15 @@ CREATE TABLE attempts (
 );
 CREATE INDEX attempts_message ON attempts(message_id);
 "#,
+    // Claims name their node; nodes note their heartbeats (docs/cluster.md).
+    r#"
+ALTER TABLE recipients ADD COLUMN claimed_by TEXT COLLATE "C";
+CREATE INDEX recipients_claimed ON recipients(claimed_by) WHERE claimed_by IS NOT NULL;
+CREATE TABLE nodes (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    last_seen BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Whether Outpost's tables are in the database (in the search path).

@@ -74,6 +74,7 @@ pub(super) fn load_summaries(
 
 fn claim_due(
     conn: &Connection,
+    node: &str,
     now: i64,
     lease_until: i64,
     limit: usize,
@@ -101,7 +102,7 @@ fn claim_due(
     rows.sort_by_key(|r| r.4);
     rows.truncate(limit);
     let mut lease = conn.prepare_cached(
-        "UPDATE recipients SET next_attempt = ?3 WHERE message_id = ?1 AND idx = ?2",
+        "UPDATE recipients SET next_attempt = ?3, claimed_by = ?4 WHERE message_id = ?1 AND idx = ?2",
     )?;
     let mut envelope = conn.prepare_cached(
         "SELECT mail_from, smtputf8, received_at, size FROM messages WHERE id = ?1",
@@ -109,7 +110,7 @@ fn claim_due(
     let mut messages: Vec<DueMessage> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (id, idx, address, attempts, _) in rows {
-        lease.execute(params![id, idx, lease_until])?;
+        lease.execute(params![id, idx, lease_until, node])?;
         let recipient = DueRecipient {
             idx: idx as usize,
             address: stored_mailbox(&address)?,
@@ -166,11 +167,13 @@ fn event_context(
 fn make_due(conn: &Connection, id: Option<&str>, now: i64) -> rusqlite::Result<usize> {
     match id {
         Some(id) => conn.execute(
-            "UPDATE recipients SET next_attempt = ?2 WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+            "UPDATE recipients SET next_attempt = ?2, claimed_by = NULL
+             WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
             params![id, now],
         ),
         None => conn.execute(
-            "UPDATE recipients SET next_attempt = ?1 WHERE status IN ('queued', 'deferred') AND next_attempt > ?1",
+            "UPDATE recipients SET next_attempt = ?1, claimed_by = NULL
+             WHERE status IN ('queued', 'deferred') AND next_attempt > ?1",
             [now],
         ),
     }
@@ -197,8 +200,8 @@ impl QueueStore for SqliteStore {
             .map_err(backend)?;
             let mut stmt = conn
                 .prepare_cached(
-                    "INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO recipients (message_id, idx, address, domain, status, next_attempt, claimed_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(backend)?;
             for (idx, rcpt) in message.recipients.iter().enumerate() {
@@ -214,6 +217,7 @@ impl QueueStore for SqliteStore {
                     rcpt.address.domain().as_str(),
                     status.as_str(),
                     message.first_attempt_at,
+                    message.claimed_by.as_deref().filter(|_| !rcpt.local),
                 ])
                 .map_err(backend)?;
             }
@@ -288,11 +292,17 @@ impl QueueStore for SqliteStore {
 
     fn claim_due(
         &self,
+        node: &str,
         now: i64,
         lease_until: i64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<DueMessage>> {
-        Box::pin(self.write(move |conn| claim_due(conn, now, lease_until, limit).map_err(backend)))
+        let node = node.to_string();
+        Box::pin(
+            self.write(move |conn| {
+                claim_due(conn, &node, now, lease_until, limit).map_err(backend)
+            }),
+        )
     }
 
     fn record_attempt(
@@ -306,8 +316,8 @@ impl QueueStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "UPDATE recipients SET status = ?3, next_attempt = ?4, last_reply = ?5, last_class = ?6,
-                     attempts = attempts + ?7, last_attempt = CASE WHEN ?7 THEN ?8 ELSE last_attempt END
-                     WHERE message_id = ?1 AND idx = ?2",
+                     attempts = attempts + ?7, last_attempt = CASE WHEN ?7 THEN ?8 ELSE last_attempt END,
+                     claimed_by = NULL WHERE message_id = ?1 AND idx = ?2",
                 )
                 .map_err(backend)?;
             for u in &updates {
@@ -417,14 +427,83 @@ impl QueueStore for SqliteStore {
         }))
     }
 
-    fn release_claims(&self, now: i64, lease_until: i64) -> StoreFuture<'_, usize> {
+    fn release_claims(&self, _node: &str, now: i64, lease_until: i64) -> StoreFuture<'_, usize> {
+        // One node at a time uses a SQLite store: every claim is its previous run's,
+        // whatever that run's node name was.
         Box::pin(self.write(move |conn| {
             conn.execute(
-                "UPDATE recipients SET next_attempt = ?1 WHERE next_attempt > ?1
-                 AND (status = 'queued' OR (status = 'deferred' AND next_attempt <= ?2))",
+                "UPDATE recipients SET next_attempt = ?1, claimed_by = NULL WHERE next_attempt > ?1
+                 AND (status = 'queued' OR (status = 'deferred'
+                      AND (claimed_by IS NOT NULL OR next_attempt <= ?2)))",
                 [now, lease_until],
             )
             .map_err(backend)
+        }))
+    }
+
+    fn renew_claims(
+        &self,
+        node: &str,
+        held: Vec<QueueId>,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreFuture<'_, usize> {
+        let node = node.to_string();
+        Box::pin(self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO nodes (name, last_seen) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                params![node, now],
+            )
+            .map_err(backend)?;
+            let mut renew = conn
+                .prepare_cached(
+                    "UPDATE recipients SET next_attempt = ?4 WHERE message_id = ?1
+                     AND claimed_by = ?2 AND status IN ('queued', 'deferred') AND next_attempt > ?3",
+                )
+                .map_err(backend)?;
+            let mut renewed = 0;
+            for id in &held {
+                renewed += renew
+                    .execute(params![id.as_str(), node, now, lease_until])
+                    .map_err(backend)?;
+            }
+            Ok(renewed)
+        }))
+    }
+
+    fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus> {
+        Box::pin(self.read(|conn| {
+            let mut claims: std::collections::BTreeMap<String, (i64, usize)> = conn
+                .prepare_cached("SELECT name, last_seen FROM nodes")?
+                .query_map([], |row| Ok((row.get(0)?, (row.get(1)?, 0))))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut pending = 0;
+            let mut counts = conn.prepare_cached(
+                "SELECT claimed_by, COUNT(*) FROM recipients
+                 WHERE status IN ('queued', 'deferred') GROUP BY claimed_by",
+            )?;
+            let rows = counts.query_map([], |row| {
+                Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (holder, n) = row?;
+                pending += n as usize;
+                if let Some(holder) = holder {
+                    claims.entry(holder).or_insert((0, 0)).1 += n as usize;
+                }
+            }
+            Ok(ClusterStatus {
+                nodes: claims
+                    .into_iter()
+                    .map(|(name, (last_seen, claims))| NodeStatus {
+                        name,
+                        last_seen,
+                        claims,
+                    })
+                    .collect(),
+                pending,
+            })
         }))
     }
 }

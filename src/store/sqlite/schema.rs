@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_reply TEXT,
     last_class TEXT,
     last_attempt INTEGER,
+    claimed_by TEXT,
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, next_attempt);
@@ -82,6 +83,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    last_seen INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS domain_pauses (
     domain TEXT PRIMARY KEY,
     since INTEGER NOT NULL,
@@ -112,6 +117,9 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has("recipients", "last_attempt")? {
         conn.execute_batch("ALTER TABLE recipients ADD COLUMN last_attempt INTEGER")?;
     }
+    if !has("recipients", "claimed_by")? {
+        conn.execute_batch("ALTER TABLE recipients ADD COLUMN claimed_by TEXT")?;
+    }
     if !has("messages", "finished")? {
         // Before the column, a finished message was one without content.
         conn.execute_batch(
@@ -134,6 +142,7 @@ mod tests {
         let old = SCHEMA
             .replace("    last_class TEXT,\n", "")
             .replace("    last_attempt INTEGER,\n", "")
+            .replace("    claimed_by TEXT,\n", "")
             .replace(",\n    finished INTEGER NOT NULL DEFAULT 0", "")
             .replace(",\n    domain TEXT\n", "\n");
         assert_ne!(old, SCHEMA);
