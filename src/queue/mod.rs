@@ -47,6 +47,8 @@ use worker::Attempt;
 /// claims and made due at once (real retries among them are merely early; a
 /// restart has forgotten the suspensions that deferred them anyway).
 const HOLDERLESS_LEASE: Duration = Duration::from_secs(600);
+/// Messages whose claims one write renews.
+const RENEW_SLICE: usize = 256;
 /// How often the scanner looks for due work when nothing wakes it earlier.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Most messages claimed by one scan.
@@ -477,12 +479,23 @@ impl Engine {
                 .collect();
             let now = now_ms();
             let node = &self.config.server.node_name;
-            if let Err(e) = self
-                .store
-                .renew_claims(node, held, now, now + self.lease_ms())
-                .await
-            {
-                tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
+            // In slices, so that a full window (thousands of messages) does not
+            // hold up the acceptances committing beside it; an empty one still
+            // beats the heartbeat.
+            let mut slices: Vec<Vec<QueueId>> =
+                held.chunks(RENEW_SLICE).map(<[QueueId]>::to_vec).collect();
+            if slices.is_empty() {
+                slices.push(Vec::new());
+            }
+            for slice in slices {
+                if let Err(e) = self
+                    .store
+                    .renew_claims(node, slice, now, now + self.lease_ms())
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
+                    break;
+                }
             }
         }
     }
