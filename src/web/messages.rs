@@ -2,7 +2,7 @@
 //! timeline).
 
 use super::session::Viewer;
-use super::{Ctx, Period, WebContext, WebError, page, scope, sees, time, url_encode};
+use super::{Ctx, Period, WebContext, WebError, page, sees, time, url_encode};
 use crate::store::{MessageQuery, QueueId, RecipientStatus};
 use axum::Router;
 use axum::extract::{Path, Query};
@@ -50,7 +50,7 @@ async fn list(
             status: RecipientStatus::parse(status),
             since: period.map(|p| now - p.hours() * 3_600_000),
             before: param("before").parse::<QueueId>().ok(),
-            domains: scope(&viewer.user),
+            domains: viewer.user.domain_scope(),
             limit: PAGE + 1,
         })
         .await?;

@@ -186,11 +186,6 @@ impl Flash {
     }
 }
 
-/// Which sending domains a user sees: `None` for an admin (all).
-pub fn scope(user: &AuthenticatedUser) -> Option<Vec<String>> {
-    user.domain_scope()
-}
-
 /// Whether `user` may see data of `sending_domain`.
 pub fn sees(user: &AuthenticatedUser, sending_domain: &str) -> bool {
     user.admin || user.may_send_as(sending_domain)

@@ -4,7 +4,7 @@
 
 use super::chart::{self, Bar};
 use super::session::Viewer;
-use super::{Ctx, Period, WebContext, WebError, page, scope, sees, time};
+use super::{Ctx, Period, WebContext, WebError, page, sees, time};
 use crate::store::CounterRow;
 use axum::Router;
 use axum::extract::Query;
@@ -124,7 +124,7 @@ async fn overview(
     let store = &ctx.api.store;
     let now_hour = chrono::Utc::now().timestamp_millis() / 3_600_000;
     let first_hour = now_hour - period.hours() + 1;
-    let scope = scope(&viewer.user);
+    let scope = viewer.user.domain_scope();
     let rows = store.counters(scope.clone(), first_hour).await?;
     let examples = store.bounce_examples(scope.clone()).await?;
     let queue_size = store.pending_count(scope).await?;

@@ -3,7 +3,7 @@
 
 use super::overview::suspended;
 use super::session::{Posted, Viewer};
-use super::{Ctx, Flash, WebContext, WebError, domain_of, page, scope, sees, time};
+use super::{Ctx, Flash, WebContext, WebError, domain_of, page, sees, time};
 use crate::queue::now_ms;
 use crate::store::{PendingRecipient, QueueId};
 use axum::Router;
@@ -24,7 +24,11 @@ pub fn routes() -> Router<Arc<WebContext>> {
 const LISTED: usize = 1000;
 
 async fn show(ctx: Ctx, viewer: Viewer) -> Result<Response, WebError> {
-    let pending = ctx.api.store.pending(scope(&viewer.user), LISTED).await?;
+    let pending = ctx
+        .api
+        .store
+        .pending(viewer.user.domain_scope(), LISTED)
+        .await?;
     let mut groups: BTreeMap<&str, Vec<&PendingRecipient>> = BTreeMap::new();
     for p in &pending {
         groups.entry(p.domain.as_str()).or_default().push(p);
@@ -70,7 +74,7 @@ async fn targets(
         None => {
             // All of one destination domain, as listed.
             let domain = posted.get("domain");
-            let pending = ctx.api.store.pending(scope(user), LISTED).await?;
+            let pending = ctx.api.store.pending(user.domain_scope(), LISTED).await?;
             let mut ids: Vec<QueueId> = pending
                 .into_iter()
                 .filter(|p| p.domain == domain)
@@ -136,7 +140,9 @@ async fn retry_all(ctx: Ctx, posted: Posted) -> Result<Response, WebError> {
     let changed = if posted.viewer.user.admin {
         store.retry_now(None, now_ms()).await?
     } else {
-        let pending = store.pending(scope(&posted.viewer.user), LISTED).await?;
+        let pending = store
+            .pending(posted.viewer.user.domain_scope(), LISTED)
+            .await?;
         let mut ids: Vec<QueueId> = pending.into_iter().map(|p| p.message_id).collect();
         ids.sort();
         ids.dedup();
