@@ -94,7 +94,7 @@ impl SqliteStore {
         conn.execute_batch(dashboard::SCHEMA).map_err(backend)?;
         schema::migrate(&conn).map_err(backend)?;
         dashboard::migrate(&conn).map_err(backend)?;
-        let spool = spool::Spool::open(&conn, &path)?;
+        let spool = spool::Spool::open(&conn, &path);
         Ok(Arc::new(SqliteStore {
             jobs: writer::start(conn, spool, max_batch, stages, checkpoint::start(&path)?)?,
             spool_dir: spool::dir_of(&path),

@@ -142,8 +142,17 @@ pub(super) struct Spool {
 
 impl Spool {
     /// Takes the spool of the store whose database is `db` (open on `conn`), and
-    /// removes its orphans; `None` if another store owns it.
-    pub(super) fn open(conn: &Connection, db: &Path) -> StoreResult<Option<Spool>> {
+    /// removes its orphans; `None` if another store owns it, or if it cannot be
+    /// used (say, a directory made by another user): new bodies then stay in the
+    /// database, which works, only slower for large mail.
+    pub(super) fn open(conn: &Connection, db: &Path) -> Option<Spool> {
+        Spool::take(conn, db).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "large bodies are kept in the database");
+            None
+        })
+    }
+
+    fn take(conn: &Connection, db: &Path) -> StoreResult<Option<Spool>> {
         let dir = dir_of(db);
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, &e))?;
         let lock_path = dir.join("lock");
@@ -427,6 +436,21 @@ mod tests {
         assert!(files(dir.path()).is_empty());
         assert_eq!(
             owner.message_content(&id).await.unwrap().as_ref(),
+            Some(&*body)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_cannot_be_used_leaves_bodies_in_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the directory should be.
+        std::fs::write(dir.path().join("spool"), b"not a directory").unwrap();
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let msg = large("a@x.example");
+        let (id, body) = (msg.id.clone(), msg.content.clone());
+        store.enqueue(msg).await.unwrap();
+        assert_eq!(
+            store.message_content(&id).await.unwrap().as_ref(),
             Some(&*body)
         );
     }
