@@ -177,16 +177,15 @@ impl Spool {
             .map_err(backend)?;
         let all: Vec<i64> = live.iter().copied().collect();
         let mut spool = Spool {
-            next: 0,
+            // Past every name in the database and every file found, orphans
+            // included: a number is not used twice.
+            next: named.max(live.last().copied().unwrap_or(0)) + 1,
             dir,
             _lock: lock,
             live,
             swept: Instant::now(),
         };
         spool.remove_unnamed(conn, all);
-        // Past every file left and every name in the database: a number is never
-        // reused while anything may still refer to it.
-        spool.next = named.max(spool.live.last().copied().unwrap_or(0)) + 1;
         Ok(Some(spool))
     }
 
