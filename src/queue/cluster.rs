@@ -98,6 +98,7 @@ impl Engine {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
         let node = &self.config.server.node_name;
         let mut wait = SLOT_POLL_MIN;
+        let mut failing = false;
         loop {
             let now = now_ms();
             let lease_until = now + self.lease_ms();
@@ -120,10 +121,13 @@ impl Engine {
                         engine: self.clone(),
                     });
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(destination, error = %e, "cannot take a connection slot")
+                Ok(None) => failing = false,
+                // Said once per outage of each waiting worker, not at every poll.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(destination, error = %e, "cannot take a connection slot; delivery to it waits for the database")
                 }
+                Err(e) => tracing::debug!(destination, error = %e, "cannot take a connection slot"),
             }
             // Jittered, so that nodes waiting together do not ask together.
             let jitter = rand::random::<u64>() % (wait.as_millis() as u64 / 2 + 1);

@@ -176,6 +176,13 @@ impl Destinations {
         Some(queue.jobs.drain(..).collect())
     }
 
+    /// The suspension of `destination` in force now, if any: its end and reply.
+    pub fn suspension(&self, destination: &str) -> Option<(Instant, RemoteReply)> {
+        let queues = self.queues.lock().expect("ready queues lock");
+        let (until, reply) = queues.get(destination)?.suspended.as_ref()?;
+        (Instant::now() < *until).then(|| (*until, reply.clone()))
+    }
+
     /// Ends every suspension (an operator asked for a retry).
     pub fn lift_suspensions(&self) {
         let mut queues = self.queues.lock().expect("ready queues lock");

@@ -35,6 +35,15 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             slot = engine
                 .take_slot(&destination, shaping.max_connections)
                 .await;
+            // Waiting for a slot may take a while: a node may have suspended
+            // the destination meanwhile.
+            if slot.is_some()
+                && let Some((until, reply)) = engine.destinations.suspension(&destination)
+            {
+                slot = None;
+                engine.record(&job, Attempt::Skipped { reply, until }).await;
+                continue;
+            }
         }
         engine.pace(&destination, shaping.messages_per_minute).await;
         let content = match job.message.content(engine.store.as_ref()).await {
