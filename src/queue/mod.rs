@@ -13,6 +13,8 @@
 //! `max_messages_per_connection` messages, and for `idle_timeout` when its queue runs
 //! dry. A connection failure or a "slow down" reply suspends the destination: its
 //! queued work is deferred and new work is deferred at once until the suspension ends.
+//! When nodes share the store (PostgreSQL), the connection limit, the pace and the
+//! suspensions hold for all of them together (`cluster.rs`).
 //!
 //! Delivery is at least once: a claim is a lease in the store, so work lost in a
 //! crash is claimed again after restart.

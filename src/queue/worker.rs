@@ -223,12 +223,12 @@ impl Engine {
         }
     }
 
-    /// Suspends a destination for the first retry interval and defers, untried,
-    /// what was waiting.
+    /// Suspends a destination for the first retry interval (for every node,
+    /// when the store is shared) and defers, untried, what was waiting.
     async fn suspend(&self, destination: &str, reply: RemoteReply) {
         let until = Instant::now() + self.config.delivery.retry[0].get();
-        self.publish_suspension(destination, until, &reply).await;
         let jobs = self.destinations.suspend(destination, until, reply.clone());
+        self.publish_suspension(destination, until, &reply).await;
         self.defer_untried(jobs, reply, until).await;
     }
 
