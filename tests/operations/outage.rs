@@ -93,6 +93,25 @@ async fn wait_accepted(log: &Mutex<Vec<Sent>>, node: usize, since: Instant, n: u
     }
 }
 
+/// Node `n{n}` in `dir`, on the store at `url` with claims of `lease`,
+/// delivering to `sink`, each round trip to the database bounded by `timeout`;
+/// `setup` adds to its configuration.
+fn start_node(
+    dir: &tempfile::TempDir,
+    n: usize,
+    url: &str,
+    (lease, timeout): (Duration, &str),
+    (dns, sink): (&FakeDns, &SmtpSink),
+    setup: impl FnOnce(Setup) -> Setup,
+) -> Process {
+    let setup = setup(Setup::new(dns, sink.port())).toml(&format!(
+        "[server]\nnode_name = \"n{n}\"\n\
+         [store]\nurl = \"{url}\"\nlease = \"{}s\"\ntimeout = \"{timeout}\"\n",
+        lease.as_secs()
+    ));
+    Process::start(&write_config(dir.path(), &setup))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_database_gets_4xx_never_a_false_250_and_the_node_resumes() {
     let Some(schema) =
@@ -110,14 +129,7 @@ async fn a_cut_database_gets_4xx_never_a_false_250_and_the_node_resumes() {
         .iter()
         .zip(&urls)
         .enumerate()
-        .map(|(n, (dir, url))| {
-            let setup = Setup::new(&dns, sink.port()).toml(&format!(
-                "[server]\nnode_name = \"n{n}\"\n\
-                 [store]\nurl = \"{url}\"\nlease = \"{}s\"\ntimeout = \"5s\"\n",
-                LEASE.as_secs()
-            ));
-            Process::start(&write_config(dir.path(), &setup))
-        })
+        .map(|(n, (dir, url))| start_node(dir, n, url, (LEASE, "5s"), (&dns, &sink), |s| s))
         .collect();
     let logs = || {
         nodes
@@ -229,6 +241,165 @@ async fn a_cut_database_gets_4xx_never_a_false_250_and_the_node_resumes() {
     // The cut-off node said it stopped delivering, and that it resumed.
     nodes[0].wait_for_log("the store does not answer", WAIT);
     nodes[0].wait_for_log("the store answers again", WAIT);
+    for node in nodes {
+        node.kill();
+    }
+}
+
+/// A database that stops answering (the link frozen: connections stay open,
+/// nothing goes through, new ones are never answered) holds a session no
+/// longer than `[store] timeout` (2 s here): the client gets `451 4.3.0`. Once
+/// the link is back, the node accepts again by itself and delivers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_database_is_given_up_after_the_timeout() {
+    let Some(schema) = Schema::create("a_hung_database_is_given_up_after_the_timeout").await else {
+        return;
+    };
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let link = CuttableLink::start(schema.server_addr()).await;
+    let sink = SmtpSink::start_default().await;
+    let dns = FakeDns::start("pg.test MX 10 mx.pg.test\nmx.pg.test A 127.0.0.1\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(
+        &dir,
+        0,
+        &schema.url_through(link.port()),
+        (LEASE, &format!("{}s", TIMEOUT.as_secs())),
+        (&dns, &sink),
+        |s| s,
+    );
+    let mut client = Client::connect(node.addr).await;
+    client.expect_greeting().await;
+    client.ehlo().await;
+    let send = |marker: &str| mail(SENDER, "bob@pg.test", marker);
+    client
+        .send_mail(SENDER, &["bob@pg.test"], &send("hung-before"))
+        .await
+        .assert("250");
+
+    link.freeze();
+    let asked = Instant::now();
+    let reply = client
+        .send_mail(SENDER, &["bob@pg.test"], &send("hung-during"))
+        .await;
+    let waited = asked.elapsed();
+    reply.assert("451 4.3.0");
+    // One timeout, or two when a write already waiting on the hung
+    // connection goes first (then the new connection's set-up times out).
+    assert!(waited >= TIMEOUT / 2 && waited < 3 * TIMEOUT, "{waited:?}");
+
+    link.restore();
+    let end = Instant::now() + WAIT;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let reply = client
+            .send_mail(SENDER, &["bob@pg.test"], &send("hung-after"))
+            .await;
+        if reply.code == 250 {
+            break;
+        }
+        reply.assert("451 4.3.0");
+        assert!(Instant::now() < end, "no 250 after the link came back");
+    }
+    client.quit().await;
+    let delivered = loop {
+        let delivered = deliveries_by_marker(&sink.messages());
+        if delivered.contains_key("hung-before") && delivered.contains_key("hung-after") {
+            break delivered;
+        }
+        assert!(
+            Instant::now() < end,
+            "not delivered: {delivered:?}\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "hung database: a submission waited {waited:?} ([store] timeout {TIMEOUT:?}) for 451 \
+         4.3.0; {tries} submission(s) after the link's return to get 250; delivered: {delivered:?}"
+    );
+    node.kill();
+}
+
+/// A node cut off from the database for three of its leases while it delivers
+/// a backlog, one slow transaction after another: it stops starting them once
+/// it cannot renew its claims or record an outcome, and the node that still
+/// reaches the database takes the backlog over when the claims run out. Only
+/// what was in flight when the link went (at most one transaction, or two if
+/// one began before the node noticed) is delivered twice; a node that went on
+/// delivering what it could not record would send most of the backlog twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_stops_delivering_and_another_takes_its_work_over() {
+    let Some(schema) =
+        Schema::create("a_node_cut_off_stops_delivering_and_another_takes_its_work_over").await
+    else {
+        return;
+    };
+    const SHORT_LEASE: Duration = Duration::from_secs(2);
+    const BACKLOG: usize = 8;
+    let link = CuttableLink::start(schema.server_addr()).await;
+    // About 0.1 s per reply: a transaction takes most of a second.
+    let slow = SmtpSink::builder()
+        .delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let dns = FakeDns::start("pg.test MX 10 mx.pg.test\nmx.pg.test A 127.0.0.1\n").await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let urls = [schema.url_through(link.port()), schema.url()];
+    let nodes: Vec<Process> = dirs
+        .iter()
+        .zip(&urls)
+        .enumerate()
+        .map(|(n, (dir, url))| {
+            start_node(dir, n, url, (SHORT_LEASE, "5s"), (&dns, &slow), |s| {
+                s.delivery("max_connections_per_domain = 1")
+            })
+        })
+        .collect();
+    let mut client = Client::connect(nodes[0].addr).await;
+    client.expect_greeting().await;
+    client.ehlo().await;
+    let mut markers = Vec::new();
+    for i in 0..BACKLOG {
+        let marker = format!("backlog-{i:02}");
+        let rcpt = format!("b{i}@pg.test");
+        client
+            .send_mail(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
+            .await
+            .assert("250");
+        markers.push(marker);
+    }
+    client.quit().await;
+    slow.wait_for_messages(1, WAIT).await;
+    link.cut();
+    // Three leases: node 0's claims run out while it is cut off.
+    tokio::time::sleep(3 * SHORT_LEASE).await;
+    let during_cut = slow.messages().len();
+    link.restore();
+
+    let end = Instant::now() + WAIT;
+    let delivered = loop {
+        let delivered = deliveries_by_marker(&slow.messages());
+        if markers.iter().all(|m| delivered.contains_key(m)) {
+            break delivered;
+        }
+        assert!(
+            Instant::now() < end,
+            "backlog not delivered: {delivered:?}\n{}\n----\n{}",
+            nodes[0].log_text(),
+            nodes[1].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let duplicates: usize = delivered.values().map(|n| n - 1).sum();
+    eprintln!(
+        "cut off: node 0 lost the database for {:?} (lease {SHORT_LEASE:?}) with a backlog of \
+         {BACKLOG}; {during_cut} delivered by then, all {BACKLOG} in the end, {duplicates} twice",
+        3 * SHORT_LEASE
+    );
+    assert!(duplicates <= 2, "{delivered:?}");
+    nodes[0].wait_for_log("the store does not answer", WAIT);
     for node in nodes {
         node.kill();
     }

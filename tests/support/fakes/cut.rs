@@ -1,7 +1,10 @@
-//! A TCP relay between a client and a server on loopback that a test can cut
-//! and restore: cut, it closes every connection through it and turns new ones
-//! away (accepted and closed at once: to a client, a server that is down);
-//! restored, it relays again. What lies behind it (the machine's shared
+//! A TCP relay between a client and a server on loopback that a test can cut,
+//! freeze and restore. Cut, it closes every connection through it and turns
+//! new ones away (accepted and closed at once: to a client, a server that is
+//! down). Frozen, it stops relaying without closing anything, and takes new
+//! connections without answering: to a client, a server that hangs (or a
+//! network that drops every packet). Restored, it relays new connections again
+//! (the frozen ones are closed). What lies behind it (the machine's shared
 //! PostgreSQL server, say) is never stopped. Stops when dropped.
 
 use std::net::SocketAddr;
@@ -10,10 +13,17 @@ use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Open,
+    Cut,
+    Frozen,
+}
+
 pub struct CuttableLink {
     addr: SocketAddr,
-    /// True while cut; each relayed connection watches it.
-    cut: Arc<watch::Sender<bool>>,
+    /// Each relayed connection watches it.
+    state: Arc<watch::Sender<State>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -24,20 +34,29 @@ impl CuttableLink {
             .await
             .expect("bind the link");
         let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(watch::Sender::new(false));
+        let state = Arc::new(watch::Sender::new(State::Open));
         let accept = tokio::spawn({
-            let cut = cut.clone();
+            let state = state.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    if *cut.borrow() {
-                        drop(client);
-                        continue;
+                    let now = *state.borrow();
+                    match now {
+                        State::Cut => drop(client),
+                        State::Frozen => {
+                            tokio::spawn(hold(client, state.subscribe()));
+                        }
+                        State::Open => {
+                            tokio::spawn(relay(client, target, state.subscribe()));
+                        }
                     }
-                    tokio::spawn(relay(client, target, cut.subscribe()));
                 }
             }
         });
-        CuttableLink { addr, cut, accept }
+        CuttableLink {
+            addr,
+            state,
+            accept,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -46,30 +65,45 @@ impl CuttableLink {
 
     /// Closes every connection through the link and refuses new ones.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.state.send_replace(State::Cut);
+    }
+
+    /// Stops relaying: connections stay open, nothing goes through.
+    pub fn freeze(&self) {
+        self.state.send_replace(State::Frozen);
     }
 
     /// Relays new connections again.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.state.send_replace(State::Open);
     }
 }
 
 impl Drop for CuttableLink {
     fn drop(&mut self) {
-        self.cut.send_replace(true);
+        self.state.send_replace(State::Cut);
         self.accept.abort();
     }
 }
 
-/// Relays one connection until either side closes it or the link is cut.
-async fn relay(mut client: TcpStream, target: SocketAddr, mut cut: watch::Receiver<bool>) {
+/// Relays one connection until either side closes it or the link is cut or
+/// frozen; a frozen one is held open, silent, until the link changes again.
+async fn relay(mut client: TcpStream, target: SocketAddr, mut state: watch::Receiver<State>) {
     let Ok(mut server) = TcpStream::connect(target).await else {
         return;
     };
-    tokio::select! {
-        _ = copy_bidirectional(&mut client, &mut server) => {}
-        _ = cut.wait_for(|cut| *cut) => {}
+    let stopped = tokio::select! {
+        _ = copy_bidirectional(&mut client, &mut server) => return,
+        stopped = state.wait_for(|s| *s != State::Open) => stopped.map(|s| *s),
+    };
+    if matches!(stopped, Ok(State::Frozen)) {
+        let _ = state.wait_for(|s| *s != State::Frozen).await;
     }
     // Dropping both streams closes them: each side sees its peer go away.
+}
+
+/// Holds a connection made while frozen, unanswered, until the link changes.
+async fn hold(client: TcpStream, mut state: watch::Receiver<State>) {
+    let _ = state.wait_for(|s| *s != State::Frozen).await;
+    drop(client);
 }
