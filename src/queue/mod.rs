@@ -190,6 +190,12 @@ impl QueueHandle {
         })
     }
 
+    /// A time of this machine's clock (unix ms) on the store's clock, which
+    /// due times are compared on.
+    pub fn store_time(&self, local: i64) -> i64 {
+        self.engine.store_time(local)
+    }
+
     /// Destinations suspended now.
     pub fn suspended(&self) -> Vec<SuspendedDestination> {
         self.engine.destinations.suspended()
@@ -564,37 +570,35 @@ impl Engine {
 
     /// Renews every held message's claims; false if a write failed.
     async fn renew_once(&self) -> bool {
-        {
-            let held: Vec<QueueId> = self
-                .held
-                .lock()
-                .expect("held lock")
-                .iter()
-                .filter(|(_, m)| m.strong_count() > 0)
-                .map(|(id, _)| id.clone())
-                .collect();
-            let now = self.now();
-            let node = &self.config.server.node_name;
-            // In slices, so that a full window (thousands of messages) does not
-            // hold up the acceptances committing beside it; an empty one still
-            // beats the heartbeat.
-            let mut slices: Vec<Vec<QueueId>> =
-                held.chunks(RENEW_SLICE).map(<[QueueId]>::to_vec).collect();
-            if slices.is_empty() {
-                slices.push(Vec::new());
-            }
-            for slice in slices {
-                if let Err(e) = self
-                    .store
-                    .renew_claims(node, slice, now, now + self.lease_ms())
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
-                    return false;
-                }
-            }
-            true
+        let held: Vec<QueueId> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .filter(|(_, m)| m.strong_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = self.now();
+        let node = &self.config.server.node_name;
+        // In slices, so that a full window (thousands of messages) does not
+        // hold up the acceptances committing beside it; an empty one still
+        // beats the heartbeat.
+        let mut slices: Vec<Vec<QueueId>> =
+            held.chunks(RENEW_SLICE).map(<[QueueId]>::to_vec).collect();
+        if slices.is_empty() {
+            slices.push(Vec::new());
         }
+        for slice in slices {
+            if let Err(e) = self
+                .store
+                .renew_claims(node, slice, now, now + self.lease_ms())
+                .await
+            {
+                tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
+                return false;
+            }
+        }
+        true
     }
 
     async fn scan_loop(self: Arc<Self>) {
@@ -619,8 +623,13 @@ impl Engine {
         });
         tokio::spawn(self.clone().renew_loop());
         let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
+        let mut clock_synced = Instant::now();
         loop {
-            self.sync_clock().await;
+            // Once a scan interval: a busy scanner loops far more often.
+            if clock_synced.elapsed() >= SCAN_INTERVAL {
+                self.sync_clock().await;
+                clock_synced = Instant::now();
+            }
             self.refresh_paused().await;
             // `outpost queue retry` runs in another process: its request lifts the
             // suspensions here too, or retried mail would be deferred untried.
