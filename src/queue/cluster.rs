@@ -11,10 +11,13 @@
 //!   (read at most once per scan interval). An operator's retry drops them in
 //!   the store as it lifts them here.
 //!
+//! Times are on the store's clock (`Engine::now`), as the claims' leases are, so
+//! nodes whose clocks disagree agree on when a slot's lease ends.
+//!
 //! On SQLite none of this runs, and delivery asks the store nothing per
 //! connection or message.
 
-use super::{Engine, Job, SCAN_INTERVAL, now_ms, worker::Attempt};
+use super::{Engine, Job, SCAN_INTERVAL, worker::Attempt};
 use crate::outbound::RemoteReply;
 use crate::store::{ConnectionSlot, DestinationSuspension, SharedShaping};
 use std::collections::HashMap;
@@ -51,7 +54,7 @@ impl SlotLease {
     /// False once the lease ran out without a renewal, or a renewal found the
     /// slot gone: another node may have it, so the connection must end.
     pub fn valid(&self) -> bool {
-        now_ms() < self.held.lease_until.load(Ordering::Relaxed)
+        self.engine.now() < self.held.lease_until.load(Ordering::Relaxed)
     }
 }
 
@@ -100,7 +103,7 @@ impl Engine {
         let mut wait = SLOT_POLL_MIN;
         let mut failing = false;
         loop {
-            let now = now_ms();
+            let now = self.now();
             let lease_until = now + self.lease_ms();
             match shaping
                 .take_slot(destination, limit, node, now, lease_until)
@@ -156,7 +159,7 @@ impl Engine {
             if held.is_empty() {
                 continue;
             }
-            let lease_until = now_ms() + self.lease_ms();
+            let lease_until = self.now() + self.lease_ms();
             let slots = held.iter().map(|h| h.slot.clone()).collect();
             match shaping.renew_slots(slots, lease_until).await {
                 Ok(renewed) => {
@@ -184,10 +187,10 @@ impl Engine {
         {
             // Rounded up: never faster than asked.
             let interval = i64::from(60_000u32.div_ceil(rate));
-            match shaping.next_send(destination, interval, now_ms()).await {
+            match shaping.next_send(destination, interval, self.now()).await {
                 Ok(start) => {
-                    // A turn further off than this comes from a clock far ahead.
-                    let wait = Duration::from_millis((start - now_ms()).max(0) as u64)
+                    // A turn further off than this is not a turn (a wrong clock).
+                    let wait = Duration::from_millis((start - self.now()).max(0) as u64)
                         .min(self.config.delivery.timeout.get());
                     tokio::time::sleep(wait).await;
                     return;
@@ -215,7 +218,7 @@ impl Engine {
         };
         let suspension = DestinationSuspension {
             destination: destination.to_string(),
-            until: now_ms() + until.saturating_duration_since(Instant::now()).as_millis() as i64,
+            until: self.now() + until.saturating_duration_since(Instant::now()).as_millis() as i64,
             reply: reply.to_string(),
             node: self.config.server.node_name.clone(),
         };
@@ -234,7 +237,7 @@ impl Engine {
             return;
         }
         *last = Some(Instant::now());
-        let now = now_ms();
+        let now = self.now();
         let list = match shaping.destination_suspensions(now).await {
             Ok(list) => list,
             Err(e) => {

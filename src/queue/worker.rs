@@ -2,16 +2,21 @@
 //! one reused connection, and records each recipient's outcome.
 
 use super::cluster::SlotLease;
-use super::{Engine, HeldMessage, Job, now_ms, retry};
+use super::{Engine, HeldMessage, Job, retry};
 use crate::bounce::return_path::{self, ReturnPath};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::smtp::Mailbox;
-use crate::store::{AttemptPath, RecipientStatus, RecipientUpdate, Suppression};
+use crate::store::{AttemptPath, MessageSummary, RecipientStatus, RecipientUpdate, Suppression};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The first pause before an outcome the store did not take is written again;
+/// it doubles up to the second.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shaping) {
     let idle_timeout = engine.config.delivery.idle_timeout.get();
@@ -24,6 +29,12 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
         .next_job(&destination, connection.is_some(), idle_timeout)
         .await
     {
+        if !engine.may_deliver() {
+            // Its outcome could not be recorded, and its claim may run out
+            // meanwhile: it is left to the claim's end (docs/cluster.md).
+            tracing::debug!(queue_id = %job.message.id, "store unreachable: delivery not started");
+            continue;
+        }
         if slot.as_ref().is_some_and(|s| !s.valid()) {
             // Another node may hold the slot now: this connection must end.
             if let Some((client, _)) = connection.take() {
@@ -236,7 +247,7 @@ impl Engine {
     /// the last outcome it was waiting for. A permanent failure that says the
     /// address is bad suppresses it for the message's sending domain.
     pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
-        let now = now_ms();
+        let now = self.now();
         let delivery = &self.config.delivery;
         let (replies, attempted, resume_at, path, remote) = match attempt {
             Attempt::Made(replies) => (replies, true, None, AttemptPath::default(), None),
@@ -336,23 +347,39 @@ impl Engine {
     }
 
     /// Writes recipient outcomes of `message`; sends the bounce report and drops the
-    /// content when they were the last ones pending.
+    /// content when they were the last ones pending. A write the store does not
+    /// take is tried again for up to a lease (the message stays held, so its
+    /// claims are renewed as soon as the store is back): what was delivered
+    /// during a short outage is recorded, not delivered twice.
     pub(super) async fn commit(&self, message: &HeldMessage, updates: Vec<RecipientUpdate>) {
-        match self
-            .store
-            .record_attempt(&message.id, updates, now_ms())
-            .await
-        {
-            Ok(Some(summary)) if summary.needs_bounce_report() => {
-                let content = message.content(self.store.as_ref()).await.ok();
-                self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
-                    .await;
+        let now = self.now();
+        let give_up = Instant::now() + self.config.store.lease.get();
+        let mut pause = RECORD_RETRY_FIRST;
+        let recorded = loop {
+            match self
+                .store
+                .record_attempt(&message.id, updates.clone(), now)
+                .await
+            {
+                Ok(recorded) => break recorded,
+                Err(e) if Instant::now() + pause < give_up => {
+                    self.store_failed();
+                    tracing::warn!(queue_id = %message.id, error = %e, retry_in = ?pause, "cannot record delivery outcome yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                // The claim lease runs out and the recipients are tried again: at least once.
+                Err(e) => {
+                    self.store_failed();
+                    tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome");
+                    return;
+                }
             }
-            Ok(_) => {}
-            // The claim lease runs out and the recipients are tried again: at least once.
-            Err(e) => {
-                tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome")
-            }
+        };
+        if let Some(summary) = recorded.filter(MessageSummary::needs_bounce_report) {
+            let content = message.content(self.store.as_ref()).await.ok();
+            self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
+                .await;
         }
     }
 }

@@ -177,6 +177,7 @@ contract!(
     release_claims_frees_claimed_retries_but_not_distant_ones,
     release_claims_frees_the_nodes_own_claims_only,
     renewed_claims_are_not_taken_over_until_their_node_stops,
+    the_clock_is_the_stores_and_moves_on,
     unclaim_makes_a_claimed_message_due_without_a_retry_request,
     claims_are_oldest_first_limited_and_grouped_by_message,
     concurrent_enqueues_share_commits_and_all_land,
@@ -502,6 +503,17 @@ async fn renewed_claims_are_not_taken_over_until_their_node_stops(b: &Backend) {
         claims,
     };
     assert_eq!(status.nodes, vec![node("n1", 70, 0), node("n2", 50, 1)]);
+}
+
+/// The clock leases are read from: on this machine's test server, within a
+/// few seconds of the local clock, and never going back.
+async fn the_clock_is_the_stores_and_moves_on(b: &Backend) {
+    let store = b.open().await;
+    let first = store.clock().await.unwrap();
+    let local = chrono::Utc::now().timestamp_millis();
+    assert!((first - local).abs() < 5_000, "{first} vs {local}");
+    let second = store.clock().await.unwrap();
+    assert!(second >= first, "{second} < {first}");
 }
 
 async fn concurrent_enqueues_share_commits_and_all_land(b: &Backend) {

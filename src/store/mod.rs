@@ -4,8 +4,9 @@
 //!
 //! # Durability contract
 //! A write future resolves `Ok` only after its data is on stable storage. Inbound
-//! replies `250` only after `enqueue` resolved `Ok`; any error becomes `452 4.3.1`
-//! (temporary), so a client never hears `250` for a message that is not on disk.
+//! replies `250` only after `enqueue` resolved `Ok`; any error becomes a temporary
+//! reply (`451 4.3.0` when the database cannot be reached, `452 4.3.1`
+//! otherwise), so a client never hears `250` for a message that is not on disk.
 //! Writes may share one commit (group commit); none skips it.
 //!
 //! # Roles
@@ -55,6 +56,7 @@ mod api_keys;
 #[cfg(test)]
 pub(crate) mod contract;
 mod dashboard;
+mod migrate;
 mod postgres;
 mod shaping;
 mod sqlite;
@@ -62,6 +64,7 @@ mod types;
 
 pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use dashboard::*;
+pub use migrate::{Copied, sqlite_to_postgres as migrate_sqlite_to_postgres};
 pub use postgres::{PostgresStore, parse_url as parse_postgres_url};
 pub use shaping::*;
 pub use sqlite::SqliteStore;
@@ -78,6 +81,10 @@ pub enum StoreError {
     /// The named record already exists.
     #[error("{0} already exists")]
     Conflict(String),
+    /// The database cannot be reached or did not answer in time (PostgreSQL):
+    /// nothing was committed; the same write may succeed once it is back.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Anything else: I/O errors, corruption, a stopped writer.
     #[error("store error: {0}")]
     Backend(String),
@@ -178,6 +185,11 @@ pub trait QueueStore: Send + Sync {
     /// The nodes that have renewed claims (their heartbeats), by name, and the
     /// recipients each holds; with the number of pending recipients no node holds.
     fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus>;
+    /// The store's clock (unix ms), the one the `now` given to the claim methods
+    /// should be read from: the database server's on PostgreSQL, so that nodes
+    /// whose clocks disagree still agree on when a lease ends; this machine's on
+    /// SQLite.
+    fn clock(&self) -> StoreFuture<'_, i64>;
 }
 
 /// The event log: one ordered cursor over what happened to messages.

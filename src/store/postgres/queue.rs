@@ -532,6 +532,19 @@ impl QueueStore for PostgresStore {
         }))
     }
 
+    fn clock(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            let conn = self.reader().await?;
+            // clock_timestamp(), not now(): the time of this statement, not of a
+            // transaction's start.
+            conn.value(
+                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+                &[],
+            )
+            .await
+        })
+    }
+
     fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus> {
         Box::pin(async move {
             let conn = self.reader().await?;
