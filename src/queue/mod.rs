@@ -13,6 +13,8 @@
 //! `max_messages_per_connection` messages, and for `idle_timeout` when its queue runs
 //! dry. A connection failure or a "slow down" reply suspends the destination: its
 //! queued work is deferred and new work is deferred at once until the suspension ends.
+//! When nodes share the store (PostgreSQL), the connection limit, the pace and the
+//! suspensions hold for all of them together (`cluster.rs`).
 //!
 //! Delivery is at least once: a claim is a lease in the store, so work lost in a
 //! crash is claimed again after restart.
@@ -27,6 +29,7 @@
 //! until a renewal succeeds again. Outcomes it could not record are retried for
 //! up to a lease, so a short outage costs no second delivery.
 
+mod cluster;
 mod destinations;
 mod retry;
 mod window;
@@ -139,6 +142,8 @@ pub(crate) struct Engine {
     window: Window,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub destinations: Destinations,
+    /// The cluster's connection slots this node's workers hold (shared store only).
+    held_slots: cluster::HeldSlots,
     wake_scanner: Notify,
     /// Sending domains paused (`bounce::reputation`), as last read from the store
     /// (where `outpost domain pause|resume` change them) or paused here.
@@ -282,6 +287,7 @@ pub fn start(
         window,
         held: Arc::new(Mutex::new(HashMap::new())),
         destinations: Destinations::default(),
+        held_slots: cluster::HeldSlots::default(),
         wake_scanner: Notify::new(),
         paused: Mutex::new(HashMap::new()),
         reputation_changed: reputation::Changed::default(),
@@ -622,7 +628,9 @@ impl Engine {
             async move { engine.finish_leftovers().await }
         });
         tokio::spawn(self.clone().renew_loop());
+        tokio::spawn(self.clone().renew_slots_loop());
         let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
+        let mut suspensions_read = None;
         let mut clock_synced = Instant::now();
         loop {
             // Once a scan interval: a busy scanner loops far more often.
@@ -631,14 +639,19 @@ impl Engine {
                 clock_synced = Instant::now();
             }
             self.refresh_paused().await;
-            // `outpost queue retry` runs in another process: its request lifts the
-            // suspensions here too, or retried mail would be deferred untried.
+            // `outpost queue retry` runs in another process (or on another
+            // node): its request lifts the suspensions here too, or retried mail
+            // would be deferred untried.
             if let Ok(requested) = self.store.retry_requested_at().await
                 && requested > retry_seen
             {
                 retry_seen = requested;
                 self.destinations.lift_suspensions();
             }
+            // After the retry request: a suspension still in the store was made
+            // after it, or its request is yet to be seen (the store drops them
+            // in the request's commit).
+            self.adopt_suspensions(&mut suspensions_read).await;
             if self.scan_once().await {
                 // More may be due: go on as soon as the window has room.
                 self.window.wait_for_room(SCAN_INTERVAL).await;

@@ -1,6 +1,7 @@
 //! A delivery worker: takes jobs from one destination's ready queue, sends them over
 //! one reused connection, and records each recipient's outcome.
 
+use super::cluster::SlotLease;
 use super::{Engine, HeldMessage, Job, retry};
 use crate::bounce::return_path::{self, ReturnPath};
 use crate::bounce::{classify, means_slow_down};
@@ -20,6 +21,9 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shaping) {
     let idle_timeout = engine.config.delivery.idle_timeout.get();
     let mut connection: Option<(SmtpClient, usize)> = None;
+    // The cluster's connection slot (shared store only): taken before a
+    // connection opens, given back (dropped) once it is closed.
+    let mut slot: Option<SlotLease> = None;
     while let Some(job) = engine
         .destinations
         .next_job(&destination, connection.is_some(), idle_timeout)
@@ -31,10 +35,28 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             tracing::debug!(queue_id = %job.message.id, "store unreachable: delivery not started");
             continue;
         }
-        engine
-            .destinations
-            .pace(&destination, shaping.messages_per_minute)
-            .await;
+        if slot.as_ref().is_some_and(|s| !s.valid()) {
+            // Another node may hold the slot now: this connection must end.
+            if let Some((client, _)) = connection.take() {
+                client.quit().await;
+            }
+            slot = None;
+        }
+        if connection.is_none() && slot.is_none() {
+            slot = engine
+                .take_slot(&destination, shaping.max_connections)
+                .await;
+            // Waiting for a slot may take a while: a node may have suspended
+            // the destination meanwhile.
+            if slot.is_some()
+                && let Some((until, reply)) = engine.destinations.suspension(&destination)
+            {
+                slot = None;
+                engine.record(&job, Attempt::Skipped { reply, until }).await;
+                continue;
+            }
+        }
+        engine.pace(&destination, shaping.messages_per_minute).await;
         let content = match job.message.content(engine.store.as_ref()).await {
             Ok(c) => c,
             Err(reason) => {
@@ -51,6 +73,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             None => match engine.open(&job.domain).await {
                 Ok(client) => (client, 0),
                 Err(reply) => {
+                    slot = None;
                     engine.destination_failed(job, reply).await;
                     continue;
                 }
@@ -79,6 +102,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                     result = client.send(&envelope).await;
                 }
                 Err(reply) => {
+                    slot = None;
                     engine.destination_failed(job, reply).await;
                     continue;
                 }
@@ -115,9 +139,11 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 });
                 if let Some(reply) = slow_down {
                     client.quit().await;
+                    slot = None;
                     engine.suspend(&destination, reply).await;
                 } else if sent >= shaping.max_messages_per_connection {
                     client.quit().await;
+                    slot = None;
                 } else {
                     connection = Some((client, sent));
                 }
@@ -140,6 +166,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
     if let Some((client, _)) = connection {
         client.quit().await;
     }
+    drop(slot);
 }
 
 /// What became of a job.
@@ -207,14 +234,13 @@ impl Engine {
         }
     }
 
-    /// Suspends a destination for the first retry interval and defers, untried,
-    /// what was waiting.
+    /// Suspends a destination for the first retry interval (for every node,
+    /// when the store is shared) and defers, untried, what was waiting.
     async fn suspend(&self, destination: &str, reply: RemoteReply) {
         let until = Instant::now() + self.config.delivery.retry[0].get();
-        for job in self.destinations.suspend(destination, until, reply.clone()) {
-            let reply = reply.clone();
-            self.record(&job, Attempt::Skipped { reply, until }).await;
-        }
+        let jobs = self.destinations.suspend(destination, until, reply.clone());
+        self.publish_suspension(destination, until, &reply).await;
+        self.defer_untried(jobs, reply, until).await;
     }
 
     /// Records one reply per recipient of `job`; finishes the message when it is

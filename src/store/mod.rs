@@ -22,6 +22,7 @@
 //! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `accounts.rs` |
 //! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `api_keys.rs` |
 //! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `dashboard.rs` |
+//! | [`ShapingStore`] | connection slots, paces, suspensions shared by a cluster's nodes | `shaping.rs` |
 //!
 //! # Backends
 //! [`SqliteStore`] (`sqlite/`) is the default: one embedded database in
@@ -57,6 +58,7 @@ pub(crate) mod contract;
 mod dashboard;
 mod migrate;
 mod postgres;
+mod shaping;
 mod sqlite;
 mod types;
 
@@ -64,6 +66,7 @@ pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use dashboard::*;
 pub use migrate::{Copied, sqlite_to_postgres as migrate_sqlite_to_postgres};
 pub use postgres::{PostgresStore, parse_url as parse_postgres_url};
+pub use shaping::*;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -150,8 +153,9 @@ pub trait QueueStore: Send + Sync {
         limit: usize,
     ) -> StoreFuture<'_, Vec<MessageSummary>>;
     /// Makes pending recipients due now: of one message, or of all with `None`, and
-    /// notes the request so a running scheduler also lifts its suspensions.
-    /// Returns how many recipients were changed.
+    /// notes the request so a running scheduler also lifts its suspensions
+    /// (and a shared store drops the destination suspensions it keeps, see
+    /// [`SharedShaping`]). Returns how many recipients were changed.
     fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize>;
     /// Gives back a claim the scheduler cannot serve now: the message's pending
     /// recipients become due at `now` (no retry request is noted).
@@ -260,6 +264,7 @@ pub trait Store:
     + AccountStore
     + ApiKeyStore
     + DashboardStore
+    + ShapingStore
 {
 }
 
@@ -271,6 +276,7 @@ impl<T> Store for T where
         + AccountStore
         + ApiKeyStore
         + DashboardStore
+        + ShapingStore
         + ?Sized
 {
 }

@@ -10,7 +10,8 @@
 //! small pool of connections of their own (`Reader`). Each role of the store is
 //! implemented in its own file, as for SQLite: `queue.rs`, `events.rs`,
 //! `suppressions.rs`, `accounts.rs` (domains and users), `api_keys.rs`,
-//! `dashboard.rs`; `schema.rs` holds the versioned migrations run at open.
+//! `dashboard.rs`, `shaping.rs` (what the nodes share to shape traffic, outside
+//! the group commit); `schema.rs` holds the versioned migrations run at open.
 //!
 //! Connections are plain TCP (or a Unix socket): TLS to the database is not
 //! supported yet (`sslmode=require` fails to connect).
@@ -27,6 +28,7 @@ mod dashboard;
 mod events;
 mod queue;
 mod schema;
+mod shaping;
 mod suppressions;
 mod writer;
 

@@ -448,6 +448,11 @@ impl QueueStore for PostgresStore {
                     &[&now],
                 )
                 .await?;
+                // In the same commit as the request, so a node that sees the
+                // suspensions still there has yet to see the request (and will
+                // lift what it adopted when it does).
+                conn.execute("DELETE FROM destination_suspensions", &[])
+                    .await?;
                 make_due(conn, id.as_deref(), now).await
             })
         }))
