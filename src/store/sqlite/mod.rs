@@ -23,6 +23,7 @@ mod dashboard;
 mod events;
 mod queue;
 mod schema;
+mod shaping;
 mod spool;
 mod suppressions;
 mod writer;
