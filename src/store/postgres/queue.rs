@@ -339,9 +339,7 @@ impl QueueStore for PostgresStore {
         let id = id.to_string();
         Box::pin(self.write(move |conn| {
             Box::pin(async move {
-                let user = conn
-                    .query_opt("SELECT auth_user FROM messages WHERE id = $1", &[&id])
-                    .await?;
+                let facts = super::dashboard::message_facts(conn, &id).await?;
                 for u in &updates {
                     let address: Option<String> = conn
                         .query_opt(
@@ -364,8 +362,8 @@ impl QueueStore for PostgresStore {
                         .await?
                         .map(|row| row.try_get(0))
                         .transpose()?;
-                    let (Some(user), Some(address), Some(kind)) =
-                        (&user, address, EventKind::for_status(u.status))
+                    let (Some((user, _)), Some(address), Some(kind)) =
+                        (&facts, address, EventKind::for_status(u.status))
                     else {
                         continue;
                     };
@@ -375,7 +373,7 @@ impl QueueStore for PostgresStore {
                         kind,
                         message_id: Some(QueueId(id.clone())),
                         recipient: Some(address),
-                        user: user.try_get(0)?,
+                        user: user.clone(),
                         reply: Some(u.reply.clone()),
                         class: u.class.clone(),
                         asynchronous: false,
@@ -383,7 +381,10 @@ impl QueueStore for PostgresStore {
                     };
                     insert_event(conn, &event).await?;
                 }
-                super::dashboard::record_attempts(conn, &id, &updates, now).await?;
+                if let Some((_, sending_domain)) = &facts {
+                    super::dashboard::record_attempts(conn, &id, sending_domain, &updates, now)
+                        .await?;
+                }
                 let pending: i64 = conn
                     .value(
                         &format!(
