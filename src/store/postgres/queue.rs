@@ -60,14 +60,29 @@ pub(super) async fn load_summaries(
     if messages.is_empty() {
         return Ok(messages);
     }
-    let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-    let found = conn
-        .query(
-            "SELECT message_id, address, status, attempts, next_attempt, last_reply, last_class, last_attempt
-             FROM recipients WHERE message_id = ANY($1) ORDER BY message_id, idx",
-            &[&ids],
-        )
-        .await?;
+    const COLUMNS: &str = "SELECT message_id, address, status, attempts, next_attempt, last_reply, last_class, last_attempt
+         FROM recipients";
+    // One message (every recorded delivery asks for one) by equality, whose
+    // plan is the primary key whatever the table's statistics: with `= ANY`, a
+    // plan cached while the table was small (a new store, not analyzed yet)
+    // stays a full scan as it grows, one per delivery.
+    let found = match &messages[..] {
+        [one] => {
+            conn.query(
+                &format!("{COLUMNS} WHERE message_id = $1 ORDER BY idx"),
+                &[&one.id.as_str()],
+            )
+            .await?
+        }
+        _ => {
+            let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+            conn.query(
+                &format!("{COLUMNS} WHERE message_id = ANY($1) ORDER BY message_id, idx"),
+                &[&ids],
+            )
+            .await?
+        }
+    };
     let mut by_id: HashMap<String, Vec<RecipientState>> = HashMap::new();
     for row in &found {
         let status: String = row.try_get(2)?;
