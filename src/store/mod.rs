@@ -81,8 +81,9 @@ pub enum StoreError {
     /// The named record already exists.
     #[error("{0} already exists")]
     Conflict(String),
-    /// The database cannot be reached or did not answer in time (PostgreSQL):
-    /// nothing was committed; the same write may succeed once it is back.
+    /// The database cannot be reached or did not answer in time, or the write
+    /// lost a deadlock or serialization conflict (PostgreSQL): nothing was
+    /// committed; the same write may succeed when tried again.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Anything else: I/O errors, corruption, a stopped writer.

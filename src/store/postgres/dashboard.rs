@@ -2,6 +2,16 @@
 //! per-attempt details and per-message facts, as for SQLite (`sqlite/dashboard.rs`);
 //! the `record_*` functions run inside the writes they count (same transaction).
 //!
+//! Shards: every message updates a counter row (and a bounced one its bounce
+//! example), the same row for all mail of an hour and sending domain. A row
+//! updated in a transaction stays locked until its COMMIT, so if the nodes'
+//! writers shared those rows, each would wait for the others' commits (the
+//! nodes serialized), and two writers touching two rows in opposite orders
+//! would deadlock. So each writer connection has rows of its own: `shard` is
+//! its server process id (`pg_backend_pid()`, unique among live connections),
+//! part of the key, and the readers add the shards up (or take the newest
+//! example). A writer never waits for another on these rows.
+//!
 //! Search: `message_info.search` holds the queue id, sender, subject and
 //! recipients in lower case, and each word of a query must occur in it
 //! (`LIKE '%word%'`). Not a `tsvector`: PostgreSQL's text parser keeps an address
@@ -21,6 +31,14 @@ use crate::store::{
     StoreResult, Suppression,
 };
 
+/// The end of every statement that adds to a counter: to this writer's shard of it.
+macro_rules! add_to_counter {
+    () => {
+        "ON CONFLICT (hour, sending_domain, provider, outcome, class, shard)
+         DO UPDATE SET count = counters.count + excluded.count"
+    };
+}
+
 async fn bump(
     conn: &Conn,
     at: i64,
@@ -31,10 +49,11 @@ async fn bump(
     count: i64,
 ) -> StoreResult<()> {
     conn.execute(
-        "INSERT INTO counters (hour, sending_domain, provider, outcome, class, count)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (hour, sending_domain, provider, outcome, class)
-         DO UPDATE SET count = counters.count + excluded.count",
+        concat!(
+            "INSERT INTO counters (hour, sending_domain, provider, outcome, class, count, shard)
+             VALUES ($1, $2, $3, $4, $5, $6, pg_backend_pid()) ",
+            add_to_counter!()
+        ),
         &[
             &at.div_euclid(HOUR_MS),
             &sending_domain,
@@ -88,20 +107,26 @@ impl EnqueueFacts {
 
 /// The dashboard's part of the enqueue statement (`queue.rs`), parameters
 /// `$12` on: the message's facts and the `accepted` counter.
-pub(super) const ENQUEUE_SQL: &str = "
+pub(super) const ENQUEUE_SQL: &str = concat!(
+    "
     info AS (
         INSERT INTO message_info (id, sending_domain, subject, protocol, dkim, search)
         VALUES ($1, $12, $13, $14, $15, $16))
-    INSERT INTO counters (hour, sending_domain, provider, outcome, class, count)
-    SELECT $17::BIGINT, $12, '', 'accepted', '', $18::BIGINT WHERE $18::BIGINT > 0
-    ON CONFLICT (hour, sending_domain, provider, outcome, class)
-    DO UPDATE SET count = counters.count + excluded.count";
+    INSERT INTO counters (hour, sending_domain, provider, outcome, class, count, shard)
+    SELECT $17::BIGINT, $12, '', 'accepted', '', $18::BIGINT, pg_backend_pid() WHERE $18::BIGINT > 0
+    ",
+    add_to_counter!()
+);
 
-/// The sending domain of a stored message; none if the message is not stored.
-async fn sending_domain(conn: &Conn, id: &str) -> StoreResult<Option<String>> {
+/// The user (`auth_user`) and sending domain of a stored message, in one round
+/// trip; none if the message is not stored.
+pub(super) async fn message_facts(
+    conn: &Conn,
+    id: &str,
+) -> StoreResult<Option<(Option<String>, String)>> {
     let row = conn
         .query_opt(
-            "SELECT COALESCE(i.sending_domain, ''), m.mail_from FROM messages m
+            "SELECT COALESCE(i.sending_domain, ''), m.mail_from, m.auth_user FROM messages m
              LEFT JOIN message_info i ON i.id = m.id WHERE m.id = $1",
             &[&id],
         )
@@ -109,46 +134,34 @@ async fn sending_domain(conn: &Conn, id: &str) -> StoreResult<Option<String>> {
     let Some(row) = row else { return Ok(None) };
     let info: String = row.try_get(0)?;
     let from: String = row.try_get(1)?;
-    Ok(Some(if info.is_empty() {
+    let domain = if info.is_empty() {
         domain_of(&from)
     } else {
         info
-    }))
+    };
+    Ok(Some((row.try_get(2)?, domain)))
 }
 
-/// At `record_attempt`: one attempt row per update, and the counters of outcomes
-/// that were tried (a deferral without trying, for a suspended destination, is
-/// not an attempt).
+/// The sending domain of a stored message; none if the message is not stored.
+async fn sending_domain(conn: &Conn, id: &str) -> StoreResult<Option<String>> {
+    Ok(message_facts(conn, id).await?.map(|(_, domain)| domain))
+}
+
+/// At `record_attempt`, for a stored message sent from `sending_domain`: one
+/// attempt row per update, and the counters of outcomes that were tried (a
+/// deferral without trying, for a suspended destination, is not an attempt),
+/// in one statement (one round trip) per update.
 pub(super) async fn record_attempts(
     conn: &Conn,
     id: &str,
+    sending_domain: &str,
     updates: &[RecipientUpdate],
     at: i64,
 ) -> StoreResult<()> {
-    let Some(sending_domain) = sending_domain(conn, id).await? else {
-        return Ok(());
-    };
     for u in updates {
         let idx = u.idx as i64;
-        conn.execute(
-            "INSERT INTO attempts (message_id, idx, at, status, mx_host, tls, reply, attempted)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &id,
-                &idx,
-                &at,
-                &u.status.as_str(),
-                &u.path.mx_host,
-                &u.path.tls,
-                &u.reply,
-                &u.attempted,
-            ],
-        )
-        .await?;
-        if !u.attempted {
-            continue;
-        }
         let provider = match &u.path.mx_host {
+            _ if !u.attempted => String::new(),
             Some(host) => provider_of(host),
             None if u.status == RecipientStatus::Suppressed => String::new(),
             // Not reached (DNS, connection): the recipient's domain stands in.
@@ -168,20 +181,36 @@ pub(super) async fn record_attempts(
             Some(class) if bounced => class.as_str(),
             _ => "",
         };
-        bump(
-            conn,
-            at,
-            &sending_domain,
-            &provider,
-            u.status.as_str(),
-            class,
-            1,
+        conn.execute(
+            concat!(
+                "WITH attempt AS (
+                     INSERT INTO attempts (message_id, idx, at, status, mx_host, tls, reply, attempted)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8))
+                 INSERT INTO counters (hour, sending_domain, provider, outcome, class, count, shard)
+                 SELECT $9, $10, $11, $4, $12, 1, pg_backend_pid() WHERE $8 ",
+                add_to_counter!()
+            ),
+            &[
+                &id,
+                &idx,
+                &at,
+                &u.status.as_str(),
+                &u.path.mx_host,
+                &u.path.tls,
+                &u.reply,
+                &u.attempted,
+                &at.div_euclid(HOUR_MS),
+                &sending_domain,
+                &provider,
+                &class,
+            ],
         )
         .await?;
-        if bounced {
+        if bounced && u.attempted {
             conn.execute(
-                "INSERT INTO bounce_examples (sending_domain, class, reply, at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (sending_domain, class) DO UPDATE SET reply = excluded.reply, at = excluded.at",
+                "INSERT INTO bounce_examples (sending_domain, class, reply, at, shard)
+                 VALUES ($1, $2, $3, $4, pg_backend_pid())
+                 ON CONFLICT (sending_domain, class, shard) DO UPDATE SET reply = excluded.reply, at = excluded.at",
                 &[&sending_domain, &class, &u.reply, &at],
             )
             .await?;
@@ -365,8 +394,10 @@ impl DashboardStore for PostgresStore {
             let conn = self.reader().await?;
             let found = conn
                 .query(
-                    "SELECT hour, sending_domain, provider, outcome, class, count FROM counters
-                     WHERE hour >= $1 AND ($2::TEXT[] IS NULL OR sending_domain = ANY($2))",
+                    "SELECT hour, sending_domain, provider, outcome, class, SUM(count)::BIGINT
+                     FROM counters
+                     WHERE hour >= $1 AND ($2::TEXT[] IS NULL OR sending_domain = ANY($2))
+                     GROUP BY hour, sending_domain, provider, outcome, class",
                     &[&since_hour, &scope(&domains)],
                 )
                 .await?;
@@ -388,8 +419,10 @@ impl DashboardStore for PostgresStore {
             let conn = self.reader().await?;
             let found = conn
                 .query(
-                    "SELECT sending_domain, class, reply, at FROM bounce_examples
-                     WHERE $1::TEXT[] IS NULL OR sending_domain = ANY($1)",
+                    "SELECT DISTINCT ON (sending_domain, class) sending_domain, class, reply, at
+                     FROM bounce_examples
+                     WHERE $1::TEXT[] IS NULL OR sending_domain = ANY($1)
+                     ORDER BY sending_domain, class, at DESC",
                     &[&scope(&domains)],
                 )
                 .await?;
@@ -461,7 +494,75 @@ impl DashboardStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::contract::{Backend, message};
+    use crate::store::QueueStore;
+    use crate::store::contract::{Backend, TestSchema, connect, message};
+    use std::time::Duration;
+
+    /// Another node's writer, in the middle of a transaction that counted mail
+    /// of the same hour and domain, holds up neither this node's writes nor,
+    /// the other way round, its own (no lock between them, so no deadlock).
+    #[tokio::test]
+    async fn writers_do_not_wait_on_each_others_counters() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url, 16).await.unwrap();
+        let config = super::super::parse_url(&schema.url).unwrap();
+        let other = Conn::connect(&config, Duration::from_secs(30))
+            .await
+            .unwrap();
+        other.batch("BEGIN").await.unwrap();
+        let msg = message(&["x@example.net"]);
+        bump(
+            &other,
+            msg.received_at,
+            "example.com",
+            "",
+            "accepted",
+            "",
+            1,
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), store.enqueue(msg))
+            .await
+            .expect("the enqueue waited for the other writer's transaction")
+            .unwrap();
+        other.batch("COMMIT").await.unwrap();
+        let accepted = CounterRow {
+            hour: 0,
+            sending_domain: "example.com".into(),
+            provider: String::new(),
+            outcome: "accepted".into(),
+            class: String::new(),
+            count: 2,
+        };
+        assert_eq!(store.counters(None, 0).await.unwrap(), vec![accepted]);
+    }
+
+    #[tokio::test]
+    async fn the_newest_bounce_example_of_all_writers_is_shown() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url, 16).await.unwrap();
+        connect(&schema.url)
+            .await
+            .batch_execute(
+                "INSERT INTO bounce_examples (sending_domain, class, reply, at, shard) VALUES
+                 ('example.com', 'mailbox', 'old', 5, 1), ('example.com', 'mailbox', 'new', 7, 2),
+                 ('example.com', 'mailbox', 'older', 3, 3)",
+            )
+            .await
+            .unwrap();
+        let newest = BounceExample {
+            sending_domain: "example.com".into(),
+            class: "mailbox".into(),
+            reply: "new".into(),
+            at: 7,
+        };
+        assert_eq!(store.bounce_examples(None).await.unwrap(), vec![newest]);
+    }
 
     #[test]
     fn search_words_match_literally() {

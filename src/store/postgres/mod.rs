@@ -328,7 +328,17 @@ impl From<tokio_postgres::Error> for StoreError {
                     ]
                     .contains(c)
             });
-        if unreachable {
+        // A write that lost a deadlock or a serialization conflict was rolled
+        // back and may succeed when sent again: a temporary failure (`451`),
+        // not a full store (`452`).
+        let lost_race = e.code().is_some_and(|c| {
+            [
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+            ]
+            .contains(c)
+        });
+        if unreachable || lost_race {
             return StoreError::Unavailable(e.to_string());
         }
         match e.code() {
@@ -387,6 +397,32 @@ mod tests {
         claimed.sort();
         claimed.dedup();
         assert_eq!((total, claimed.len()), (100, 100), "each claimed once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_is_a_temporary_failure() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let (a, b) = (connect(&schema.url).await, connect(&schema.url).await);
+        a.batch_execute("CREATE TABLE t (k BIGINT PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+            .await
+            .unwrap();
+        a.batch_execute("BEGIN; UPDATE t SET k = k WHERE k = 1")
+            .await
+            .unwrap();
+        b.batch_execute("BEGIN; UPDATE t SET k = k WHERE k = 2")
+            .await
+            .unwrap();
+        // Each waits for the other's row: PostgreSQL fails one of them.
+        let (from_a, from_b) = tokio::join!(
+            a.batch_execute("UPDATE t SET k = k WHERE k = 2"),
+            b.batch_execute("UPDATE t SET k = k WHERE k = 1")
+        );
+        let lost = from_a.err().or(from_b.err()).expect("a deadlock");
+        assert_eq!(lost.code(), Some(&SqlState::T_R_DEADLOCK_DETECTED));
+        let e = StoreError::from(lost);
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     }
 
     #[tokio::test]

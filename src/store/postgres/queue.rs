@@ -60,14 +60,29 @@ pub(super) async fn load_summaries(
     if messages.is_empty() {
         return Ok(messages);
     }
-    let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-    let found = conn
-        .query(
-            "SELECT message_id, address, status, attempts, next_attempt, last_reply, last_class, last_attempt
-             FROM recipients WHERE message_id = ANY($1) ORDER BY message_id, idx",
-            &[&ids],
-        )
-        .await?;
+    const COLUMNS: &str = "SELECT message_id, address, status, attempts, next_attempt, last_reply, last_class, last_attempt
+         FROM recipients";
+    // One message (every recorded delivery asks for one) by equality, whose
+    // plan is the primary key whatever the table's statistics: with `= ANY`, a
+    // plan cached while the table was small (a new store, not analyzed yet)
+    // stays a full scan as it grows, one per delivery.
+    let found = match &messages[..] {
+        [one] => {
+            conn.query(
+                &format!("{COLUMNS} WHERE message_id = $1 ORDER BY idx"),
+                &[&one.id.as_str()],
+            )
+            .await?
+        }
+        _ => {
+            let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+            conn.query(
+                &format!("{COLUMNS} WHERE message_id = ANY($1) ORDER BY message_id, idx"),
+                &[&ids],
+            )
+            .await?
+        }
+    };
     let mut by_id: HashMap<String, Vec<RecipientState>> = HashMap::new();
     for row in &found {
         let status: String = row.try_get(2)?;
@@ -339,9 +354,7 @@ impl QueueStore for PostgresStore {
         let id = id.to_string();
         Box::pin(self.write(move |conn| {
             Box::pin(async move {
-                let user = conn
-                    .query_opt("SELECT auth_user FROM messages WHERE id = $1", &[&id])
-                    .await?;
+                let facts = super::dashboard::message_facts(conn, &id).await?;
                 for u in &updates {
                     let address: Option<String> = conn
                         .query_opt(
@@ -364,8 +377,8 @@ impl QueueStore for PostgresStore {
                         .await?
                         .map(|row| row.try_get(0))
                         .transpose()?;
-                    let (Some(user), Some(address), Some(kind)) =
-                        (&user, address, EventKind::for_status(u.status))
+                    let (Some((user, _)), Some(address), Some(kind)) =
+                        (&facts, address, EventKind::for_status(u.status))
                     else {
                         continue;
                     };
@@ -375,7 +388,7 @@ impl QueueStore for PostgresStore {
                         kind,
                         message_id: Some(QueueId(id.clone())),
                         recipient: Some(address),
-                        user: user.try_get(0)?,
+                        user: user.clone(),
                         reply: Some(u.reply.clone()),
                         class: u.class.clone(),
                         asynchronous: false,
@@ -383,7 +396,10 @@ impl QueueStore for PostgresStore {
                     };
                     insert_event(conn, &event).await?;
                 }
-                super::dashboard::record_attempts(conn, &id, &updates, now).await?;
+                if let Some((_, sending_domain)) = &facts {
+                    super::dashboard::record_attempts(conn, &id, sending_domain, &updates, now)
+                        .await?;
+                }
                 let pending: i64 = conn
                     .value(
                         &format!(
