@@ -50,7 +50,11 @@ where
 {
     fn run<'c>(self: Box<Self>, conn: &'c Conn) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>> {
         Box::pin(async move {
+            let mark = conn.logged_count();
             let result = (self.write)(conn).await;
+            if result.is_err() {
+                conn.forget_logged(mark);
+            }
             let usable = result.is_ok() || conn.batch("ROLLBACK TO SAVEPOINT job").await.is_ok();
             let reply = self.reply;
             Ran {
@@ -187,12 +191,18 @@ async fn writer_loop(
             }
             completions.push(ran.complete);
         }
+        // The batch's events go in last, each id drawn just before the COMMIT
+        // (events.rs: ids visible in order across nodes).
+        if broken.is_none() {
+            broken = super::events::insert_logged(&c).await.err();
+        }
         let written = Instant::now();
         // COMMIT of an aborted transaction "succeeds" as a ROLLBACK, so a batch
         // whose savepoint handling failed is rolled back and reported failed.
         let committed = match broken {
             None => c.batch("COMMIT").await,
             Some(e) => {
+                c.take_logged();
                 let _ = c.batch("ROLLBACK").await;
                 Err(e)
             }

@@ -13,7 +13,7 @@
 //! proceed while the writer commits. Each role of the store (see `store/mod.rs`)
 //! is implemented in its own file: `queue.rs`, `events.rs`, `suppressions.rs`,
 //! `accounts.rs` (domains and users), `api_keys.rs`, `dashboard.rs` (counters,
-//! search, attempt details); `schema.rs` creates and migrates the tables.
+//! search, attempt details), `shared.rs` (secrets, webhook cursors); `schema.rs` creates and migrates the tables.
 
 mod accounts;
 mod api_keys;
@@ -22,6 +22,7 @@ mod dashboard;
 mod events;
 mod queue;
 mod schema;
+mod shared;
 mod suppressions;
 mod writer;
 
