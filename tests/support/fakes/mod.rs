@@ -1,9 +1,11 @@
-//! Test doubles for the delivery engine's black-box tests: a DNS server that
-//! serves zone text (`fakes::dns::FakeDns`) and a scriptable SMTP destination
-//! (`fakes::sink::SmtpSink`). Both listen on loopback only and stop when dropped.
+//! Test doubles for the black-box tests: a DNS server that serves zone text
+//! (`fakes::dns::FakeDns`), a scriptable SMTP destination
+//! (`fakes::sink::SmtpSink`) and a webhook endpoint (`fakes::webhook::Receiver`).
+//! All listen on loopback only and stop when dropped.
 //!
 //! Part of the shared harness (`tests/support/`). `tests/delivery/fakes_selftest.rs`
 //! shows every feature in use.
 
 pub mod dns;
 pub mod sink;
+pub mod webhook;
