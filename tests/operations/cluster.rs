@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 /// The claim lease of the nodes: short, so a takeover is quick to see.
 const LEASE: Duration = Duration::from_secs(2);
 const PER_NODE: usize = 10;
+/// What the node that posts to a webhook endpoint logs when it starts to.
+const POSTS: &str = "this node posts to the endpoint";
 
 /// How many accepted messages carry each marker.
 fn counts(received: &[Received], markers: &[String]) -> Vec<usize> {
@@ -67,6 +69,7 @@ async fn three_nodes_deliver_once_and_take_over_a_killed_nodes_work() {
         .start()
         .await;
     let dns = FakeDns::start("pg.test MX 10 mx.pg.test\nmx.pg.test A 127.0.0.1\n").await;
+    let hook = Receiver::start(0).await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let configs: Vec<PathBuf> = dirs
         .iter()
@@ -80,15 +83,23 @@ async fn three_nodes_deliver_once_and_take_over_a_killed_nodes_work() {
                 .toml(&format!(
                     "[server]\nnode_name = \"n{n}\"\n\
                      [store]\nurl = \"{}\"\nlease = \"{}s\"\n\
-                     [[routes]]\ndomain = \"slow.test\"\nto = \"127.0.0.1:{}\"\ntls = \"none\"",
+                     [[routes]]\ndomain = \"slow.test\"\nto = \"127.0.0.1:{}\"\ntls = \"none\"\n\
+                     [[webhooks]]\nurl = \"{}\"\nsecret = \"hook-secret\"",
                     schema.url(),
                     LEASE.as_secs(),
-                    slow.port()
+                    slow.port(),
+                    hook.url
                 ));
             write_config(dir.path(), &setup)
         })
         .collect();
-    let mut nodes: Vec<Option<Process>> = configs.iter().map(|c| Some(Process::start(c))).collect();
+    // n0 starts first and takes the webhook's lease: its death, below, makes
+    // another node take the endpoint over.
+    let first = Process::start(&configs[0]);
+    first.wait_for_log(POSTS, WAIT);
+    let mut nodes: Vec<Option<Process>> = std::iter::once(Some(first))
+        .chain(configs[1..].iter().map(|c| Some(Process::start(c))))
+        .collect();
     let logs = |nodes: &[Option<Process>]| {
         nodes
             .iter()
@@ -183,6 +194,33 @@ async fn three_nodes_deliver_once_and_take_over_a_killed_nodes_work() {
     // could take them over sooner than the rest of the lease.
     assert!(takeover >= LEASE / 2, "{takeover:?}");
     assert_eq!(duplicates, 0, "{delivered:?}");
+
+    // A survivor took the webhook over: every event reaches the endpoint, at
+    // least once (a batch n0 had posted without recording it comes again).
+    let logged = logged_ids(&schema).await;
+    let hits = hook
+        .wait(|hits| {
+            let posted: std::collections::HashSet<i64> = events_of(hits)
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap())
+                .collect();
+            logged.iter().all(|id| posted.contains(id))
+        })
+        .await;
+    let posts = events_of(&hits).len();
+    eprintln!(
+        "cluster: webhook: {} events in the log, {posts} posted ({} again after the takeover)",
+        logged.len(),
+        posts - logged.len()
+    );
+    assert!(
+        nodes
+            .iter()
+            .flatten()
+            .any(|node| node.log_text().contains(POSTS)),
+        "{}",
+        logs(&nodes)
+    );
     for node in nodes.into_iter().flatten() {
         node.kill();
     }
@@ -431,7 +469,7 @@ async fn three_nodes_share_one_event_stream_one_webhook_poster_and_one_link_key(
     let posters: Vec<&str> = nodes
         .iter()
         .zip(["e0", "e1", "e2"])
-        .filter(|(node, _)| node.log_text().contains("this node posts to the endpoint"))
+        .filter(|(node, _)| node.log_text().contains(POSTS))
         .map(|(_, name)| name)
         .collect();
     assert_eq!(posters.len(), 1, "{posters:?}\n{}", logs());
