@@ -4,7 +4,9 @@
 //! flush, `synchronous_commit = on`), and only then answers every job. Round
 //! trips to the server are what a batch's time goes to, so the savepoints ride
 //! along with other statements and `enqueue` is one statement. Under load,
-//! many sessions share one commit, as with SQLite (`sqlite/writer.rs`).
+//! many sessions share one commit, as with SQLite (`sqlite/writer.rs`). The
+//! events the batch's writes logged go in last, just before the COMMIT, under
+//! the cluster-wide lock that orders event ids (`events.rs`).
 //!
 //! Stages are reported as for SQLite ([`CommitStages`]): waiting for the batch,
 //! running its writes (round trips to the server), and the COMMIT.
