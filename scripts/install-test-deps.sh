@@ -29,6 +29,8 @@ set -euo pipefail
 #                              (with Selenium; nothing downloads a browser)
 #   debootstrap                the Debian bookworm root tests/e2e/docker_image.py builds
 #                              the Dockerfile's image on (no Docker engine needed)
+#   faketime                   libfaketime: one node's clock set 30 s off in
+#                              tests/operations/cluster.rs (clock skew)
 #   npm                        (Debian's, only when the machine has none) nodemailer for
 #                              the interop suite, axe-core for the dashboard suite
 debian=(
@@ -38,6 +40,7 @@ debian=(
     libgnutls-dane0 libidn12 libnsl2 libdb5.3 libpcre2-8-0
     chromium chromium-driver
     debootstrap
+    faketime
 )
 command -v npm >/dev/null || debian+=(npm)
 # pip packages, into the python3 first on PATH (which may not be Debian's: pyenv,

@@ -155,7 +155,13 @@ impl Acceptor {
                 let (due, node) = r.claim(received_at);
                 (due, Some(node))
             }
-            None => (received_at, None),
+            // Due at once, on the clock the scanners compare due times with.
+            None => (
+                self.queue
+                    .as_ref()
+                    .map_or(received_at, |q| q.store_time(received_at)),
+                None,
+            ),
         };
         let user = s.user.map(|u| u.name);
         let message = NewMessage {

@@ -54,6 +54,9 @@ enum Command {
     /// Nodes sharing a PostgreSQL store: their heartbeats and claims.
     #[command(subcommand)]
     Cluster(cli::cluster::ClusterCommand),
+    /// The store itself: move a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(cli::store::StoreCommand),
 }
 
 fn main() -> Result<()> {
@@ -90,6 +93,7 @@ fn main() -> Result<()> {
             Command::Stats(args) => cli::stats::run(&config, args).await,
             Command::Config(cmd) => cli::config::run(&config, cli.config.as_deref(), cmd),
             Command::Cluster(cmd) => cli::cluster::run(&config, cmd).await,
+            Command::Store(cmd) => cli::store::run(&config, cmd).await,
         }
     })
 }

@@ -126,7 +126,8 @@ pub async fn open_store(
     Ok(match config.store.location() {
         StoreLocation::Sqlite => SqliteStore::open_measured(&config.data_dir, max_batch, stages)?,
         StoreLocation::Postgres(url) => {
-            let store = PostgresStore::open_measured(&url, max_batch, stages).await?;
+            let timeout = config.store.timeout.get();
+            let store = PostgresStore::open_measured(&url, max_batch, timeout, stages).await?;
             // Names must differ between nodes: a node restarting voids the claims
             // under its name.
             tracing::info!(

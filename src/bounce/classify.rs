@@ -19,11 +19,14 @@
 //! 3. The words of the text, then the bare reply code.
 //!
 //! Only the class `bad-mailbox` can suppress, and only with evidence that the address
-//! does not exist (x.1.1, x.1.3, x.1.6, or "user unknown" and its kin), on a
+//! does not exist (x.1.1, x.1.3, x.1.6, or "user unknown" and its kin, which
+//! x.1.0 and x.1.10 confirm), on a
 //! permanent failure, not at connect or MAIL (no recipient was named yet), and not
 //! after DATA without a specific code: receivers' content filters (the Japanese
 //! carriers' among them) refuse whole messages with "User unknown" after DATA, and
-//! a reply to DATA is for every recipient at once. A disabled or suspended account
+//! a reply to DATA is for every recipient at once. Where the code and the words
+//! disagree (x.2.1, "mailbox not accepting", beside "User Unknown"), only a refusal
+//! known to answer RCPT counts. A disabled or suspended account
 //! is `bad-mailbox` without suppression: accounts are re-enabled, and one bounce is
 //! not proof. When unsure, the address is kept.
 
@@ -282,6 +285,12 @@ const SENDER_RULES: &[Words] = &[
             "rate that prevents",
             "exceeded the rate",
             "too fast",
+            // Directory-harvest protection: the sender named too many unknown
+            // recipients in a row. It is about the sender's list, and says
+            // nothing of the address in this reply, which may be a good one.
+            "too many invalid",
+            "too many bad recipients",
+            "too many unknown recipients",
         ],
     },
     Words {
@@ -600,6 +609,16 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
                         BounceClass::Policy,
                         "refused before any recipient was named: about the session",
                     )
+                } else if stage != Stage::Rcpt && matches!(enhanced, Some([_, 2, 1])) {
+                    // x.2.1 says the mailbox exists but takes nothing; with "user
+                    // unknown" beside it, the code and the words disagree. Zoho's and
+                    // the Japanese carriers' filters answer so to senders their users
+                    // refuse. Only at RCPT, where a server answers about the address
+                    // before seeing any content, is it taken as the address being bad.
+                    verdict(
+                        BounceClass::Policy,
+                        "x.2.1 (mailbox not accepting) with \"user unknown\" words, not known to answer RCPT: filters answer so too, so it is not taken as evidence about this address",
+                    )
                 } else if stage == Stage::Data && !by_code {
                     verdict(
                         BounceClass::Policy,
@@ -615,7 +634,7 @@ pub fn classify(code: u16, enhanced: Option<[u8; 3]>, text: &str, stage: Stage) 
                         class: BounceClass::BadMailbox,
                         suppress: true,
                         why: if by_code {
-                            "the enhanced status code says the mailbox does not exist (x.1.1, x.1.3, x.1.6; x.1.10 with words saying so, as Microsoft 365 answers)".into()
+                            "the enhanced status code says the mailbox does not exist (x.1.1, x.1.3, x.1.6; x.1.0 or x.1.10 with words saying so, as Microsoft 365 answers)".into()
                         } else {
                             "the reply says the mailbox does not exist".into()
                         },
@@ -695,19 +714,24 @@ fn mailbox_evidence(enhanced: Option<[u8; 3]>, lower: &str) -> Option<Mailbox> {
     // Microsoft 365 refuses unknown recipients of directory-checked domains with
     // `550 5.4.1 Recipient address rejected: Access denied`; Postfix's "Recipient
     // address rejected:" is otherwise only a prefix, and evidence only when no
-    // reason follows it.
-    let bare_rejection = lower
-        .trim_end_matches(['.', ' ', '\''])
-        .ends_with("address rejected")
-        || lower.contains("recipient address rejected: access denied");
+    // reason follows it: the sentence ends there (`550 5.1.0 Address rejected.`,
+    // whatever a report appends after it).
+    let bare_rejection = lower.match_indices("address rejected").any(|(at, w)| {
+        let rest = lower[at + w.len()..].trim_start();
+        rest.is_empty() || rest.starts_with(['.', '\''])
+    }) || lower.contains("recipient address rejected: access denied");
     // A hedge ("the group may not exist, or you may not have permission") is no
     // evidence.
     let hedged = lower.contains("may not exist") || lower.contains("might not exist");
     let disabled = DISABLED.iter().any(|w| contains_word(lower, w));
     let absent = !hedged && (bare_rejection || NOT_EXIST.iter().any(|w| lower.contains(w)));
     // RFC 7505's x.1.10 is a null MX, but Microsoft 365 answers unknown recipients
-    // with `5.1.10 RESOLVER.ADR.RecipientNotFound`.
-    by_code |= absent && matches!(enhanced, Some([_, 1, 10]));
+    // with `5.1.10 RESOLVER.ADR.RecipientNotFound`. RFC 3463's x.1.0 is "other
+    // address status": with words saying the address is not there (`550 5.1.0
+    // Address rejected`) it says what x.1.1 says. Refusals of the sender's address
+    // under x.1.0 (`5.1.0 <a> sender rejected`) never get here: the sender rules
+    // come first.
+    by_code |= absent && matches!(enhanced, Some([_, 1, 0 | 10]));
     if by_code || (absent && !disabled) {
         return Some(Mailbox::Absent { by_code });
     }
@@ -715,6 +739,12 @@ fn mailbox_evidence(enhanced: Option<[u8; 3]>, lower: &str) -> Option<Mailbox> {
         return Some(Mailbox::Disabled);
     }
     None
+}
+
+/// True when `text` says an account is disabled, suspended or inactive.
+pub(super) fn says_disabled(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    DISABLED.iter().any(|w| contains_word(&lower, w))
 }
 
 fn first_match<'a>(rules: &'a [Words], lower: &str) -> Option<&'a Words> {

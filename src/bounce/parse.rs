@@ -22,7 +22,9 @@
 //! Every recipient is classified with [`classify`], using its status, its reply and
 //! the SMTP stage the report names.
 
-use super::classify::{BounceClass, Stage, classify, enhanced_in, parse_reply_line};
+use super::classify::{
+    BounceClass, Stage, Verdict, classify, enhanced_in, parse_reply_line, says_disabled,
+};
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
@@ -386,6 +388,19 @@ fn recipient(
         stage = Stage::named_in(&near(text, &address));
     }
     let mut verdict = classify(code, enhanced, &reply_text, stage);
+    if verdict.suppress && says_disabled(notice_heading(text)) {
+        // EZweb heads its report "The user(s) account is disabled." above a reply
+        // "user unknown": the receiver says two things, and a disabled account
+        // comes back, so the address is kept.
+        verdict = Verdict {
+            class: BounceClass::BadMailbox,
+            suppress: false,
+            why: format!(
+                "{}, but the report's notice says the account is disabled: conflicting, not suppressed",
+                verdict.why
+            ),
+        };
+    }
     if verdict.suppress && names_only_others(&diagnostic, &address) {
         // A report whose reply is about another address (a forwarding hop's,
         // a mixed-up report's) is no evidence about this one.
@@ -405,6 +420,19 @@ fn recipient(
         stage,
         failed,
     }
+}
+
+/// The notice's own words above its first address or SMTP reply: what the
+/// receiver says of every recipient of the report, in prose rather than in a reply.
+fn notice_heading(text: &str) -> &str {
+    let mut end = 0;
+    for line in text.split_inclusive('\n') {
+        if line.contains('@') || reply_in(line.trim()).0.is_some() {
+            break;
+        }
+        end += line.len();
+    }
+    &text[..end]
 }
 
 /// True when `diagnostic` names addresses and `address` is not among them.
@@ -980,6 +1008,39 @@ mod tests {
         assert_eq!(
             (r.class.as_str(), r.suppress),
             ("bad-mailbox", false),
+            "{}",
+            r.why
+        );
+    }
+
+    #[test]
+    fn a_notice_that_says_disabled_outweighs_a_reply_that_says_unknown() {
+        // EZweb's report: its notice says the account is disabled, its reply says
+        // the user is unknown. Conflicting evidence keeps the address; the same
+        // reply without that notice is evidence enough.
+        let report = |notice: &str| {
+            format!(
+                "From: MAILER-DAEMON@mx.b.example\r\nTo: s@a.example\r\nSubject: Mail System Error - Returned Mail\r\n\
+                MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+                --b\r\nContent-Type: text/plain\r\n\r\n{notice}\r\n\r\n\
+                <bad@b.example>: 550 user unknown (in reply to RCPT TO command)\r\n\
+                --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.b.example\r\n\r\n\
+                Final-Recipient: rfc822; bad@b.example\r\nAction: failed\r\nStatus: 5.0.0\r\n\r\n--b--\r\n"
+            )
+        };
+        let disabled = parse(report("The user(s) account is disabled.").as_bytes());
+        let r = &disabled.recipients[0];
+        assert_eq!(
+            (r.class.as_str(), r.suppress),
+            ("bad-mailbox", false),
+            "{}",
+            r.why
+        );
+        let unknown = parse(report("Your message could not be delivered.").as_bytes());
+        let r = &unknown.recipients[0];
+        assert_eq!(
+            (r.class.as_str(), r.suppress),
+            ("bad-mailbox", true),
             "{}",
             r.why
         );

@@ -14,6 +14,7 @@ pub mod queue;
 pub mod send;
 pub mod serve;
 pub mod stats;
+pub mod store;
 pub mod suppress;
 pub mod user;
 

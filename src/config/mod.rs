@@ -248,6 +248,11 @@ pub struct StoreConfig {
     /// dies holding work has it taken over by the others this long after its last
     /// renewal. Default 60s.
     pub lease: Duration,
+    /// PostgreSQL only: how long one statement (or a connection's set-up) may
+    /// take before it fails and its connection is dropped, so a database that
+    /// hangs cannot hold an SMTP session or a delivery forever: the session is
+    /// answered `451 4.3.0` instead. Default 30s.
+    pub timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -256,6 +261,7 @@ impl Default for StoreConfig {
             max_batch: 256,
             url: None,
             lease: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -609,6 +615,9 @@ impl Config {
         if self.store.lease.get() < std::time::Duration::from_secs(1) {
             return invalid("store.lease must be at least 1s".into());
         }
+        if self.store.timeout.get() < std::time::Duration::from_secs(1) {
+            return invalid("store.timeout must be at least 1s".into());
+        }
         if self.server.node_name.trim().is_empty() {
             return invalid("server.node_name must not be empty".into());
         }
@@ -730,6 +739,7 @@ mod tests {
         for (bad, key) in [
             ("[server]\nnode_name = \" \"\n", "server.node_name"),
             ("[store]\nlease = \"0s\"\n", "store.lease"),
+            ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
         ] {
             let err = Config::from_toml(bad).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

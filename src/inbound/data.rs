@@ -135,9 +135,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             }
             Err(AcceptError::Store(e)) => {
                 tracing::error!(error = %e, peer = %self.conn.peer, "cannot store message; answered 4xx");
+                // RFC 3463: a database out of reach is not "mail system full"
+                // (X.3.1) but "other mail system status" (X.3.0).
                 match e {
                     StoreError::Full(_) | StoreError::Backend(_) => Reply::store_unavailable(),
-                    StoreError::Conflict(_) => Reply::local_error(),
+                    StoreError::Unavailable(_) | StoreError::Conflict(_) => Reply::local_error(),
                 }
             }
         }

@@ -141,6 +141,48 @@ impl Destinations {
         queue.jobs.drain(..).collect()
     }
 
+    /// Adopts a suspension node `node` made, unless the one in force here ends
+    /// no more than `margin` before it (it is the same, or as good); returns the
+    /// jobs that were waiting, which the caller defers with `reply`, or `None`
+    /// when it kept its own.
+    pub fn adopt(
+        &self,
+        destination: &str,
+        until: Instant,
+        margin: Duration,
+        reply: RemoteReply,
+        node: &str,
+    ) -> Option<Vec<Job>> {
+        let now = Instant::now();
+        let mut queues = self.queues.lock().expect("ready queues lock");
+        // Destinations this node only heard of are forgotten once their
+        // suspension is over.
+        queues.retain(|_, q| {
+            q.workers > 0
+                || !q.jobs.is_empty()
+                || q.suspended.as_ref().is_some_and(|(t, _)| *t > now)
+        });
+        let queue = queues.entry(destination.to_string()).or_default();
+        if queue
+            .suspended
+            .as_ref()
+            .is_some_and(|(t, _)| *t + margin >= until)
+        {
+            return None;
+        }
+        let pause_seconds = until.saturating_duration_since(now).as_secs_f64().round();
+        tracing::warn!(destination, reply = %reply, node, pause_seconds, "destination suspended by another node");
+        queue.suspended = Some((until, reply));
+        Some(queue.jobs.drain(..).collect())
+    }
+
+    /// The suspension of `destination` in force now, if any: its end and reply.
+    pub fn suspension(&self, destination: &str) -> Option<(Instant, RemoteReply)> {
+        let queues = self.queues.lock().expect("ready queues lock");
+        let (until, reply) = queues.get(destination)?.suspended.as_ref()?;
+        (Instant::now() < *until).then(|| (*until, reply.clone()))
+    }
+
     /// Ends every suspension (an operator asked for a retry).
     pub fn lift_suspensions(&self) {
         let mut queues = self.queues.lock().expect("ready queues lock");
@@ -150,7 +192,6 @@ impl Destinations {
         queues.retain(|_, q| q.workers > 0 || !q.jobs.is_empty());
     }
 
-    /// Waits for this destination's turn when `messages_per_minute` is set.
     /// Destinations suspended now: name, end (unix ms) and the reply that caused it.
     pub fn suspended(&self) -> Vec<super::SuspendedDestination> {
         let now = Instant::now();
@@ -172,6 +213,8 @@ impl Destinations {
         list
     }
 
+    /// Waits for this destination's turn when `messages_per_minute` is set, as
+    /// this node alone sees it (the cluster's turns are `cluster.rs`).
     pub async fn pace(&self, destination: &str, messages_per_minute: Option<u32>) {
         let Some(rate) = messages_per_minute.filter(|r| *r > 0) else {
             return;

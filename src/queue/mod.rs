@@ -13,10 +13,23 @@
 //! `max_messages_per_connection` messages, and for `idle_timeout` when its queue runs
 //! dry. A connection failure or a "slow down" reply suspends the destination: its
 //! queued work is deferred and new work is deferred at once until the suspension ends.
+//! When nodes share the store (PostgreSQL), the connection limit, the pace and the
+//! suspensions hold for all of them together (`cluster.rs`).
 //!
 //! Delivery is at least once: a claim is a lease in the store, so work lost in a
 //! crash is claimed again after restart.
+//!
+//! Leases are reckoned on the store's clock (`QueueStore::clock`: the database
+//! server's on PostgreSQL), read once per scan; this node's clock only measures
+//! the time since, so nodes whose clocks disagree agree on when a lease ends.
+//!
+//! A node that cannot reach the store cannot renew its claims nor record what it
+//! delivers: once a renewal or a record fails it starts no delivery (its jobs are
+//! dropped, their claims run out and any node takes them) and claims nothing
+//! until a renewal succeeds again. Outcomes it could not record are retried for
+//! up to a lease, so a short outage costs no second delivery.
 
+mod cluster;
 mod destinations;
 mod retry;
 mod window;
@@ -36,6 +49,7 @@ use crate::store::{
 use crate::unsubscribe::UnsubscribeKey;
 use destinations::Destinations;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OnceCell};
@@ -49,6 +63,9 @@ use worker::Attempt;
 const HOLDERLESS_LEASE: Duration = Duration::from_secs(600);
 /// Messages whose claims one write renews.
 const RENEW_SLICE: usize = 256;
+/// How soon a renewal that failed is tried again (sooner if a third of the
+/// lease is shorter): deliveries wait for it.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
 /// How often the scanner looks for due work when nothing wakes it earlier.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Most messages claimed by one scan.
@@ -125,12 +142,20 @@ pub(crate) struct Engine {
     window: Window,
     held: Arc<Mutex<HashMap<QueueId, Weak<HeldMessage>>>>,
     pub destinations: Destinations,
+    /// The cluster's connection slots this node's workers hold (shared store only).
+    held_slots: cluster::HeldSlots,
     wake_scanner: Notify,
     /// Sending domains paused (`bounce::reputation`), as last read from the store
     /// (where `outpost domain pause|resume` change them) or paused here.
     paused: Mutex<HashMap<String, DomainPause>>,
     /// Sending domains whose bounce or complaint rates may have changed.
     reputation_changed: reputation::Changed,
+    /// The store's clock minus this machine's (ms), as last measured.
+    clock_offset: AtomicI64,
+    /// Until when every claim this node holds is known to last: a lease from
+    /// the start of the last renewal that succeeded; moved to the past when a
+    /// renewal or a record fails (see the module's comment).
+    claims_valid: Mutex<Instant>,
 }
 
 /// What inbound holds to hand messages to the queue.
@@ -158,11 +183,22 @@ impl QueueHandle {
     /// A place in the window for a message of `size` octets, if there is one.
     /// Without it the message simply waits in the store for the scanner.
     pub fn try_reserve(&self, size: usize) -> Option<Reservation> {
+        // A node that cannot renew its claims would not deliver it: it waits in
+        // the store, unclaimed, for whichever node scans first.
+        if !self.engine.may_deliver() {
+            return None;
+        }
         let place = self.engine.window.try_take(size)?;
         Some(Reservation {
             engine: self.engine.clone(),
             place,
         })
+    }
+
+    /// A time of this machine's clock (unix ms) on the store's clock, which
+    /// due times are compared on.
+    pub fn store_time(&self, local: i64) -> i64 {
+        self.engine.store_time(local)
     }
 
     /// Destinations suspended now.
@@ -190,7 +226,7 @@ impl Reservation {
     /// scan, of any node, finds it.
     pub fn claim(&self, received_at: i64) -> (i64, String) {
         (
-            received_at + self.engine.lease_ms(),
+            self.engine.store_time(received_at) + self.engine.lease_ms(),
             self.engine.config.server.node_name.clone(),
         )
     }
@@ -236,6 +272,7 @@ pub fn start(
     metrics: Arc<Metrics>,
     return_path_key: Arc<UnsubscribeKey>,
 ) -> QueueHandle {
+    let lease = config.store.lease.get();
     let window = Window::new(
         config.delivery.max_messages_in_memory,
         config.delivery.max_bytes_in_memory,
@@ -250,9 +287,13 @@ pub fn start(
         window,
         held: Arc::new(Mutex::new(HashMap::new())),
         destinations: Destinations::default(),
+        held_slots: cluster::HeldSlots::default(),
         wake_scanner: Notify::new(),
         paused: Mutex::new(HashMap::new()),
         reputation_changed: reputation::Changed::default(),
+        clock_offset: AtomicI64::new(0),
+        // Nothing is held yet: whatever is claimed from now on is fresh.
+        claims_valid: Mutex::new(Instant::now() + lease),
     });
     tokio::spawn(engine.clone().scan_loop());
     tokio::spawn(engine.clone().judge_reputations());
@@ -461,47 +502,114 @@ impl Engine {
         self.config.store.lease.get().as_millis() as i64
     }
 
-    /// Renews the claims on the messages held in memory, a few times per lease,
-    /// so that no other node takes over a delivery that is only slow. Each
-    /// renewal is also the node's heartbeat, the first at start-up.
-    async fn renew_loop(self: Arc<Self>) {
-        let mut every = tokio::time::interval(self.config.store.lease.get() / 3);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let held: Vec<QueueId> = self
-                .held
-                .lock()
-                .expect("held lock")
-                .iter()
-                .filter(|(_, m)| m.strong_count() > 0)
-                .map(|(id, _)| id.clone())
-                .collect();
-            let now = now_ms();
-            let node = &self.config.server.node_name;
-            // In slices, so that a full window (thousands of messages) does not
-            // hold up the acceptances committing beside it; an empty one still
-            // beats the heartbeat.
-            let mut slices: Vec<Vec<QueueId>> =
-                held.chunks(RENEW_SLICE).map(<[QueueId]>::to_vec).collect();
-            if slices.is_empty() {
-                slices.push(Vec::new());
+    /// Now on the store's clock (unix ms).
+    pub(crate) fn now(&self) -> i64 {
+        self.store_time(now_ms())
+    }
+
+    /// A time of this machine's clock (unix ms) on the store's.
+    fn store_time(&self, local: i64) -> i64 {
+        local + self.clock_offset.load(Ordering::Relaxed)
+    }
+
+    /// Measures the store's clock against this machine's (as NTP does: the
+    /// store's reading is taken to be from the middle of the round trip).
+    async fn sync_clock(&self) {
+        let before = now_ms();
+        match self.store.clock().await {
+            Ok(store) => {
+                let local = before + (now_ms() - before) / 2;
+                self.clock_offset.store(store - local, Ordering::Relaxed);
             }
-            for slice in slices {
-                if let Err(e) = self
-                    .store
-                    .renew_claims(node, slice, now, now + self.lease_ms())
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
-                    break;
-                }
-            }
+            Err(e) => tracing::error!(error = %e, "cannot read the store's clock"),
         }
     }
 
+    /// Whether a delivery may start: the claims held are known to last at
+    /// least another third of a lease (a renewal is due every third, so this
+    /// is false only once one has failed or is late).
+    pub(crate) fn may_deliver(&self) -> bool {
+        let valid = *self.claims_valid.lock().expect("claims lock");
+        Instant::now() + self.config.store.lease.get() / 3 < valid
+    }
+
+    /// The store did not take a write: claims may be lost, deliveries stop
+    /// until a renewal succeeds.
+    pub(crate) fn store_failed(&self) {
+        let mut valid = self.claims_valid.lock().expect("claims lock");
+        if *valid > Instant::now() {
+            *valid = Instant::now();
+            tracing::warn!(
+                "the store does not answer: no new deliveries until it does (claims cannot be renewed)"
+            );
+        }
+    }
+
+    /// Renews the claims on the messages held in memory, a few times per lease,
+    /// so that no other node takes over a delivery that is only slow. Each
+    /// renewal is also the node's heartbeat, the first at start-up. One that
+    /// fails is tried again within [`RENEW_RETRY`].
+    async fn renew_loop(self: Arc<Self>) {
+        let every = self.config.store.lease.get() / 3;
+        loop {
+            let started = Instant::now();
+            let renewed = self.renew_once().await;
+            let was_stopped = *self.claims_valid.lock().expect("claims lock") <= started;
+            if renewed {
+                *self.claims_valid.lock().expect("claims lock") =
+                    started + self.config.store.lease.get();
+                if was_stopped {
+                    tracing::info!("the store answers again: deliveries resume");
+                    self.wake_scanner.notify_one();
+                }
+            } else {
+                self.store_failed();
+            }
+            let pause = if renewed {
+                every
+            } else {
+                every.min(RENEW_RETRY)
+            };
+            tokio::time::sleep_until((started + pause).into()).await;
+        }
+    }
+
+    /// Renews every held message's claims; false if a write failed.
+    async fn renew_once(&self) -> bool {
+        let held: Vec<QueueId> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .filter(|(_, m)| m.strong_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = self.now();
+        let node = &self.config.server.node_name;
+        // In slices, so that a full window (thousands of messages) does not
+        // hold up the acceptances committing beside it; an empty one still
+        // beats the heartbeat.
+        let mut slices: Vec<Vec<QueueId>> =
+            held.chunks(RENEW_SLICE).map(<[QueueId]>::to_vec).collect();
+        if slices.is_empty() {
+            slices.push(Vec::new());
+        }
+        for slice in slices {
+            if let Err(e) = self
+                .store
+                .renew_claims(node, slice, now, now + self.lease_ms())
+                .await
+            {
+                tracing::error!(error = %e, "cannot renew the claims of deliveries in progress");
+                return false;
+            }
+        }
+        true
+    }
+
     async fn scan_loop(self: Arc<Self>) {
-        let now = now_ms();
+        self.sync_clock().await;
+        let now = self.now();
         let lease_until = now + HOLDERLESS_LEASE.as_millis() as i64;
         let node = &self.config.server.node_name;
         match self.store.release_claims(node, now, lease_until).await {
@@ -520,17 +628,30 @@ impl Engine {
             async move { engine.finish_leftovers().await }
         });
         tokio::spawn(self.clone().renew_loop());
+        tokio::spawn(self.clone().renew_slots_loop());
         let mut retry_seen = self.store.retry_requested_at().await.unwrap_or_default();
+        let mut suspensions_read = None;
+        let mut clock_synced = Instant::now();
         loop {
+            // Once a scan interval: a busy scanner loops far more often.
+            if clock_synced.elapsed() >= SCAN_INTERVAL {
+                self.sync_clock().await;
+                clock_synced = Instant::now();
+            }
             self.refresh_paused().await;
-            // `outpost queue retry` runs in another process: its request lifts the
-            // suspensions here too, or retried mail would be deferred untried.
+            // `outpost queue retry` runs in another process (or on another
+            // node): its request lifts the suspensions here too, or retried mail
+            // would be deferred untried.
             if let Ok(requested) = self.store.retry_requested_at().await
                 && requested > retry_seen
             {
                 retry_seen = requested;
                 self.destinations.lift_suspensions();
             }
+            // After the retry request: a suspension still in the store was made
+            // after it, or its request is yet to be seen (the store drops them
+            // in the request's commit).
+            self.adopt_suspensions(&mut suspensions_read).await;
             if self.scan_once().await {
                 // More may be due: go on as soon as the window has room.
                 self.window.wait_for_room(SCAN_INTERVAL).await;
@@ -546,7 +667,10 @@ impl Engine {
         if room == 0 {
             return true;
         }
-        let now = now_ms();
+        if !self.may_deliver() {
+            return false;
+        }
+        let now = self.now();
         let lease_until = now + self.lease_ms();
         let node = &self.config.server.node_name;
         let claimed = match self.store.claim_due(node, now, lease_until, room).await {
@@ -642,7 +766,7 @@ impl Engine {
             if let Some(report) = report
                 && let Some(sender) = Mailbox::parse(&summary.mail_from)
             {
-                let now = now_ms();
+                let now = self.now();
                 let dsn = NewMessage {
                     id: QueueId::generate(),
                     mail_from: None,

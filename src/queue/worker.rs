@@ -1,29 +1,62 @@
 //! A delivery worker: takes jobs from one destination's ready queue, sends them over
 //! one reused connection, and records each recipient's outcome.
 
-use super::{Engine, HeldMessage, Job, now_ms, retry};
+use super::cluster::SlotLease;
+use super::{Engine, HeldMessage, Job, retry};
 use crate::bounce::return_path::{self, ReturnPath};
 use crate::bounce::{classify, means_slow_down};
 use crate::config::Shaping;
 use crate::outbound::{self, Connector, Envelope, RemoteReply, SmtpClient};
 use crate::smtp::Mailbox;
-use crate::store::{AttemptPath, RecipientStatus, RecipientUpdate, Suppression};
+use crate::store::{AttemptPath, MessageSummary, RecipientStatus, RecipientUpdate, Suppression};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The first pause before an outcome the store did not take is written again;
+/// it doubles up to the second.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+
 pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shaping) {
     let idle_timeout = engine.config.delivery.idle_timeout.get();
     let mut connection: Option<(SmtpClient, usize)> = None;
+    // The cluster's connection slot (shared store only): taken before a
+    // connection opens, given back (dropped) once it is closed.
+    let mut slot: Option<SlotLease> = None;
     while let Some(job) = engine
         .destinations
         .next_job(&destination, connection.is_some(), idle_timeout)
         .await
     {
-        engine
-            .destinations
-            .pace(&destination, shaping.messages_per_minute)
-            .await;
+        if !engine.may_deliver() {
+            // Its outcome could not be recorded, and its claim may run out
+            // meanwhile: it is left to the claim's end (docs/cluster.md).
+            tracing::debug!(queue_id = %job.message.id, "store unreachable: delivery not started");
+            continue;
+        }
+        if slot.as_ref().is_some_and(|s| !s.valid()) {
+            // Another node may hold the slot now: this connection must end.
+            if let Some((client, _)) = connection.take() {
+                client.quit().await;
+            }
+            slot = None;
+        }
+        if connection.is_none() && slot.is_none() {
+            slot = engine
+                .take_slot(&destination, shaping.max_connections)
+                .await;
+            // Waiting for a slot may take a while: a node may have suspended
+            // the destination meanwhile.
+            if slot.is_some()
+                && let Some((until, reply)) = engine.destinations.suspension(&destination)
+            {
+                slot = None;
+                engine.record(&job, Attempt::Skipped { reply, until }).await;
+                continue;
+            }
+        }
+        engine.pace(&destination, shaping.messages_per_minute).await;
         let content = match job.message.content(engine.store.as_ref()).await {
             Ok(c) => c,
             Err(reason) => {
@@ -40,6 +73,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
             None => match engine.open(&job.domain).await {
                 Ok(client) => (client, 0),
                 Err(reply) => {
+                    slot = None;
                     engine.destination_failed(job, reply).await;
                     continue;
                 }
@@ -68,6 +102,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                     result = client.send(&envelope).await;
                 }
                 Err(reply) => {
+                    slot = None;
                     engine.destination_failed(job, reply).await;
                     continue;
                 }
@@ -104,9 +139,11 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
                 });
                 if let Some(reply) = slow_down {
                     client.quit().await;
+                    slot = None;
                     engine.suspend(&destination, reply).await;
                 } else if sent >= shaping.max_messages_per_connection {
                     client.quit().await;
+                    slot = None;
                 } else {
                     connection = Some((client, sent));
                 }
@@ -129,6 +166,7 @@ pub(super) async fn run(engine: Arc<Engine>, destination: String, shaping: Shapi
     if let Some((client, _)) = connection {
         client.quit().await;
     }
+    drop(slot);
 }
 
 /// What became of a job.
@@ -196,21 +234,20 @@ impl Engine {
         }
     }
 
-    /// Suspends a destination for the first retry interval and defers, untried,
-    /// what was waiting.
+    /// Suspends a destination for the first retry interval (for every node,
+    /// when the store is shared) and defers, untried, what was waiting.
     async fn suspend(&self, destination: &str, reply: RemoteReply) {
         let until = Instant::now() + self.config.delivery.retry[0].get();
-        for job in self.destinations.suspend(destination, until, reply.clone()) {
-            let reply = reply.clone();
-            self.record(&job, Attempt::Skipped { reply, until }).await;
-        }
+        let jobs = self.destinations.suspend(destination, until, reply.clone());
+        self.publish_suspension(destination, until, &reply).await;
+        self.defer_untried(jobs, reply, until).await;
     }
 
     /// Records one reply per recipient of `job`; finishes the message when it is
     /// the last outcome it was waiting for. A permanent failure that says the
     /// address is bad suppresses it for the message's sending domain.
     pub(super) async fn record(&self, job: &Job, attempt: Attempt) {
-        let now = now_ms();
+        let now = self.now();
         let delivery = &self.config.delivery;
         let (replies, attempted, resume_at, path, remote) = match attempt {
             Attempt::Made(replies) => (replies, true, None, AttemptPath::default(), None),
@@ -310,23 +347,39 @@ impl Engine {
     }
 
     /// Writes recipient outcomes of `message`; sends the bounce report and drops the
-    /// content when they were the last ones pending.
+    /// content when they were the last ones pending. A write the store does not
+    /// take is tried again for up to a lease (the message stays held, so its
+    /// claims are renewed as soon as the store is back): what was delivered
+    /// during a short outage is recorded, not delivered twice.
     pub(super) async fn commit(&self, message: &HeldMessage, updates: Vec<RecipientUpdate>) {
-        match self
-            .store
-            .record_attempt(&message.id, updates, now_ms())
-            .await
-        {
-            Ok(Some(summary)) if summary.needs_bounce_report() => {
-                let content = message.content(self.store.as_ref()).await.ok();
-                self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
-                    .await;
+        let now = self.now();
+        let give_up = Instant::now() + self.config.store.lease.get();
+        let mut pause = RECORD_RETRY_FIRST;
+        let recorded = loop {
+            match self
+                .store
+                .record_attempt(&message.id, updates.clone(), now)
+                .await
+            {
+                Ok(recorded) => break recorded,
+                Err(e) if Instant::now() + pause < give_up => {
+                    self.store_failed();
+                    tracing::warn!(queue_id = %message.id, error = %e, retry_in = ?pause, "cannot record delivery outcome yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                // The claim lease runs out and the recipients are tried again: at least once.
+                Err(e) => {
+                    self.store_failed();
+                    tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome");
+                    return;
+                }
             }
-            Ok(_) => {}
-            // The claim lease runs out and the recipients are tried again: at least once.
-            Err(e) => {
-                tracing::error!(queue_id = %message.id, error = %e, "cannot record delivery outcome")
-            }
+        };
+        if let Some(summary) = recorded.filter(MessageSummary::needs_bounce_report) {
+            let content = message.content(self.store.as_ref()).await.ok();
+            self.finish(&summary, content.as_deref().map(|c| c.as_slice()))
+                .await;
         }
     }
 }

@@ -177,6 +177,7 @@ contract!(
     release_claims_frees_claimed_retries_but_not_distant_ones,
     release_claims_frees_the_nodes_own_claims_only,
     renewed_claims_are_not_taken_over_until_their_node_stops,
+    the_clock_is_the_stores_and_moves_on,
     unclaim_makes_a_claimed_message_due_without_a_retry_request,
     claims_are_oldest_first_limited_and_grouped_by_message,
     concurrent_enqueues_share_commits_and_all_land,
@@ -195,6 +196,10 @@ contract!(
     search_finds_by_words_and_filters_newest_first,
     details_show_attempts_and_message_facts,
     pending_lists_and_counts_within_scope,
+    connection_slots_are_limited_leased_renewed_and_released,
+    connection_slots_taken_at_once_stay_within_the_limit,
+    the_pace_gives_each_send_a_turn_of_its_own,
+    destination_suspensions_are_shared_until_a_retry,
     secrets_are_stored_once_and_shared,
     webhook_leases_let_one_node_post_at_a_time,
     old_webhook_cursors_are_imported_without_going_back,
@@ -501,6 +506,17 @@ async fn renewed_claims_are_not_taken_over_until_their_node_stops(b: &Backend) {
         claims,
     };
     assert_eq!(status.nodes, vec![node("n1", 70, 0), node("n2", 50, 1)]);
+}
+
+/// The clock leases are read from: on this machine's test server, within a
+/// few seconds of the local clock, and never going back.
+async fn the_clock_is_the_stores_and_moves_on(b: &Backend) {
+    let store = b.open().await;
+    let first = store.clock().await.unwrap();
+    let local = chrono::Utc::now().timestamp_millis();
+    assert!((first - local).abs() < 5_000, "{first} vs {local}");
+    let second = store.clock().await.unwrap();
+    assert!(second >= first, "{second} < {first}");
 }
 
 async fn concurrent_enqueues_share_commits_and_all_land(b: &Backend) {
@@ -1479,6 +1495,204 @@ async fn pending_lists_and_counts_within_scope(b: &Backend) {
     assert_eq!(store.pending_recipients().await.unwrap(), 2);
     assert_eq!(store.queued_messages(10).await.unwrap().len(), 2);
     assert_eq!(store.queued_messages(1).await.unwrap()[0].id, m1.id);
+}
+
+/// The shared shaping of `store`; `None` (and nothing to test) on SQLite, which
+/// one node uses at a time and which therefore shares none.
+fn shared_shaping<'a>(b: &Backend, store: &'a dyn Store) -> Option<&'a dyn SharedShaping> {
+    let shared = store.shared_shaping();
+    assert_eq!(
+        shared.is_some(),
+        matches!(b, Backend::Postgres(_)),
+        "only PostgreSQL shares shaping"
+    );
+    shared
+}
+
+async fn connection_slots_are_limited_leased_renewed_and_released(b: &Backend) {
+    let store = b.open().await;
+    let Some(shaping) = shared_shaping(b, store.as_ref()) else {
+        return;
+    };
+    let take = |holder: &'static str, limit, now| {
+        shaping.take_slot("mx:a", limit, holder, now, now + 1000)
+    };
+    let s0 = take("n1", 2, 100).await.unwrap().unwrap();
+    let s1 = take("n2", 2, 100).await.unwrap().unwrap();
+    assert_eq!((s0.number, s1.number), (0, 1));
+    assert_eq!((s0.holder.as_str(), s1.holder.as_str()), ("n1", "n2"));
+    assert_eq!(take("n3", 2, 100).await.unwrap(), None, "both held");
+    // Each destination has slots of its own.
+    let other = shaping.take_slot("mx:b", 2, "n3", 100, 1100).await.unwrap();
+    assert_eq!(other.map(|s| s.number), Some(0));
+    // n1 renews; n2 does not, and its lease runs out at 1100.
+    let renewed = shaping.renew_slots(vec![s0.clone()], 2100).await.unwrap();
+    assert_eq!(renewed, vec![s0.clone()]);
+    assert_eq!(take("n3", 2, 1099).await.unwrap(), None);
+    let s1_again = take("n3", 2, 1100).await.unwrap().unwrap();
+    assert_eq!((s1_again.number, s1_again.holder.as_str()), (1, "n3"));
+    // n2 comes back: its slot was taken over, so its renewal and its release
+    // do nothing to n3's.
+    let renewed = shaping
+        .renew_slots(vec![s0.clone(), s1.clone()], 3000)
+        .await
+        .unwrap();
+    assert_eq!(renewed, vec![s0.clone()]);
+    shaping.release_slot(s1).await.unwrap();
+    assert_eq!(take("n2", 2, 1200).await.unwrap(), None);
+    // A released slot is free at once, for the lowest limit too.
+    shaping.release_slot(s0).await.unwrap();
+    assert_eq!(
+        take("n2", 1, 1200).await.unwrap().map(|s| s.number),
+        Some(0)
+    );
+    assert_eq!(
+        take("n2", 1, 1200).await.unwrap(),
+        None,
+        "limit 1: slot 1 is out of reach"
+    );
+    assert_eq!(
+        take("n2", 3, 1200).await.unwrap().map(|s| s.number),
+        Some(2)
+    );
+    assert!(
+        shaping
+            .renew_slots(Vec::new(), 5000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Nodes asking at the same moment never get more slots than the limit
+/// between them, and none twice.
+async fn connection_slots_taken_at_once_stay_within_the_limit(b: &Backend) {
+    let stores = [b.open().await, b.open().await];
+    if shared_shaping(b, stores[0].as_ref()).is_none() {
+        return;
+    }
+    let mut held = Vec::new();
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let store = stores[i % 2].clone();
+                tokio::spawn(async move {
+                    let shaping = store.shared_shaping().expect("shared");
+                    let holder = format!("n{i}");
+                    shaping.take_slot("mx:busy", 3, &holder, 10, 1000).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            held.extend(task.await.unwrap().unwrap());
+        }
+        assert!(held.len() <= 3, "round {round}: {held:?}");
+    }
+    // Losers of a race get nothing and ask again: every slot ends up held.
+    let shaping = stores[0].shared_shaping().unwrap();
+    while held.len() < 3 {
+        match shaping
+            .take_slot("mx:busy", 3, "n", 10, 1000)
+            .await
+            .unwrap()
+        {
+            Some(slot) => held.push(slot),
+            None => panic!("a slot is left but was not given: {held:?}"),
+        }
+    }
+    let mut numbers: Vec<u32> = held.iter().map(|s| s.number).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, [0, 1, 2]);
+    assert_eq!(
+        shaping
+            .take_slot("mx:busy", 3, "n", 10, 1000)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn the_pace_gives_each_send_a_turn_of_its_own(b: &Backend) {
+    let store = b.open().await;
+    let Some(shaping) = shared_shaping(b, store.as_ref()) else {
+        return;
+    };
+    assert_eq!(shaping.next_send("mx:a", 100, 1000).await.unwrap(), 1000);
+    assert_eq!(shaping.next_send("mx:a", 100, 1000).await.unwrap(), 1100);
+    assert_eq!(shaping.next_send("mx:a", 100, 1050).await.unwrap(), 1200);
+    assert_eq!(shaping.next_send("mx:b", 100, 1050).await.unwrap(), 1050);
+    // After a quiet spell the pace starts from now, not from the past.
+    assert_eq!(shaping.next_send("mx:a", 100, 5000).await.unwrap(), 5000);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let shaping = store.shared_shaping().expect("shared");
+                shaping.next_send("mx:c", 10, 10_000).await
+            })
+        })
+        .collect();
+    let mut turns = Vec::new();
+    for task in tasks {
+        turns.push(task.await.unwrap().unwrap());
+    }
+    turns.sort_unstable();
+    assert_eq!(
+        turns,
+        (0..20).map(|i| 10_000 + 10 * i).collect::<Vec<i64>>()
+    );
+}
+
+async fn destination_suspensions_are_shared_until_a_retry(b: &Backend) {
+    let store = b.open().await;
+    let Some(shaping) = shared_shaping(b, store.as_ref()) else {
+        return;
+    };
+    let suspension = |destination: &str, until, node: &str| DestinationSuspension {
+        destination: destination.into(),
+        until,
+        reply: format!("451 4.7.1 slow down ({node})"),
+        node: node.into(),
+    };
+    shaping
+        .suspend_destination(suspension("mx:b", 2000, "n1"))
+        .await
+        .unwrap();
+    shaping
+        .suspend_destination(suspension("mx:a", 3000, "n2"))
+        .await
+        .unwrap();
+    // A shorter one does not cut a longer one short; a longer one replaces it.
+    shaping
+        .suspend_destination(suspension("mx:a", 2500, "n3"))
+        .await
+        .unwrap();
+    shaping
+        .suspend_destination(suspension("mx:b", 2200, "n3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        shaping.destination_suspensions(1000).await.unwrap(),
+        [
+            suspension("mx:a", 3000, "n2"),
+            suspension("mx:b", 2200, "n3")
+        ]
+    );
+    assert_eq!(
+        shaping.destination_suspensions(2200).await.unwrap(),
+        [suspension("mx:a", 3000, "n2")]
+    );
+    // An operator's retry, even of one message, lifts them all.
+    store.enqueue(message(&["a@x.example"])).await.unwrap();
+    let id = store.queued_messages(1).await.unwrap()[0].id.clone();
+    store.retry_now(Some(&id), 1000).await.unwrap();
+    assert!(
+        shaping
+            .destination_suspensions(1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn secrets_are_stored_once_and_shared(b: &Backend) {

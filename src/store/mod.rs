@@ -4,8 +4,9 @@
 //!
 //! # Durability contract
 //! A write future resolves `Ok` only after its data is on stable storage. Inbound
-//! replies `250` only after `enqueue` resolved `Ok`; any error becomes `452 4.3.1`
-//! (temporary), so a client never hears `250` for a message that is not on disk.
+//! replies `250` only after `enqueue` resolved `Ok`; any error becomes a temporary
+//! reply (`451 4.3.0` when the database cannot be reached, `452 4.3.1`
+//! otherwise), so a client never hears `250` for a message that is not on disk.
 //! Writes may share one commit (group commit); none skips it.
 //!
 //! # Roles
@@ -22,6 +23,7 @@
 //! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `api_keys.rs` |
 //! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `dashboard.rs` |
 //! | [`SharedStore`] | what nodes share besides mail: generated secrets, webhook cursors and leases | `shared.rs` |
+//! | [`ShapingStore`] | connection slots, paces, suspensions shared by a cluster's nodes | `shaping.rs` |
 //!
 //! # Backends
 //! [`SqliteStore`] (`sqlite/`) is the default: one embedded database in
@@ -55,13 +57,17 @@ mod api_keys;
 #[cfg(test)]
 pub(crate) mod contract;
 mod dashboard;
+mod migrate;
 mod postgres;
+mod shaping;
 mod sqlite;
 mod types;
 
 pub use api_keys::{ApiKeyRecord, ApiKeyStore, NewApiKey};
 pub use dashboard::*;
+pub use migrate::{Copied, sqlite_to_postgres as migrate_sqlite_to_postgres};
 pub use postgres::{PostgresStore, parse_url as parse_postgres_url};
+pub use shaping::*;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -76,6 +82,10 @@ pub enum StoreError {
     /// The named record already exists.
     #[error("{0} already exists")]
     Conflict(String),
+    /// The database cannot be reached or did not answer in time (PostgreSQL):
+    /// nothing was committed; the same write may succeed once it is back.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Anything else: I/O errors, corruption, a stopped writer.
     #[error("store error: {0}")]
     Backend(String),
@@ -144,8 +154,9 @@ pub trait QueueStore: Send + Sync {
         limit: usize,
     ) -> StoreFuture<'_, Vec<MessageSummary>>;
     /// Makes pending recipients due now: of one message, or of all with `None`, and
-    /// notes the request so a running scheduler also lifts its suspensions.
-    /// Returns how many recipients were changed.
+    /// notes the request so a running scheduler also lifts its suspensions
+    /// (and a shared store drops the destination suspensions it keeps, see
+    /// [`SharedShaping`]). Returns how many recipients were changed.
     fn retry_now(&self, id: Option<&QueueId>, now: i64) -> StoreFuture<'_, usize>;
     /// Gives back a claim the scheduler cannot serve now: the message's pending
     /// recipients become due at `now` (no retry request is noted).
@@ -175,6 +186,11 @@ pub trait QueueStore: Send + Sync {
     /// The nodes that have renewed claims (their heartbeats), by name, and the
     /// recipients each holds; with the number of pending recipients no node holds.
     fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus>;
+    /// The store's clock (unix ms), the one the `now` given to the claim methods
+    /// should be read from: the database server's on PostgreSQL, so that nodes
+    /// whose clocks disagree still agree on when a lease ends; this machine's on
+    /// SQLite.
+    fn clock(&self) -> StoreFuture<'_, i64>;
 }
 
 /// The event log: one ordered cursor over what happened to messages.
@@ -280,6 +296,7 @@ pub trait Store:
     + ApiKeyStore
     + DashboardStore
     + SharedStore
+    + ShapingStore
 {
 }
 
@@ -292,6 +309,7 @@ impl<T> Store for T where
         + ApiKeyStore
         + DashboardStore
         + SharedStore
+        + ShapingStore
         + ?Sized
 {
 }

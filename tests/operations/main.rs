@@ -10,6 +10,8 @@ mod check_exit;
 mod cluster;
 mod lifecycle;
 mod logs;
+mod migrate;
+mod outage;
 mod postgres;
 mod readonly;
 

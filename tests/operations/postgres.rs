@@ -50,6 +50,36 @@ impl Schema {
         format!("{}{sep}options=-csearch_path%3D{}", self.server, self.name)
     }
 
+    /// The server's address (TCP), for a link to it that a test can cut.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let config: tokio_postgres::Config = self.server.parse().expect("a PostgreSQL URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => panic!("{POSTGRES_ENV} must name a TCP host"),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let ip = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host.as_str()
+        };
+        format!("{ip}:{port}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{POSTGRES_ENV}: host {host}: {e}"))
+    }
+
+    /// [`Schema::url`] through 127.0.0.1:`port` instead of the server's own
+    /// address (a [`CuttableLink`](crate::support::fakes::cut::CuttableLink)).
+    pub fn url_through(&self, port: u16) -> String {
+        let config: tokio_postgres::Config = self.server.parse().expect("a PostgreSQL URL");
+        let user = config.get_user().unwrap_or("postgres");
+        let db = config.get_dbname().unwrap_or(user);
+        format!(
+            "postgres://{user}@127.0.0.1:{port}/{db}?options=-csearch_path%3D{}",
+            self.name
+        )
+    }
+
     pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         connect(&self.url()).await.query(sql, &[]).await.unwrap()
     }

@@ -270,6 +270,19 @@ pub fn with_marker(messages: &[Received], marker: &str) -> Vec<Received> {
         .collect()
 }
 
+/// How many times each marker of [`mail`] (its `Subject:`) was received: for
+/// counting deliveries of many messages at once.
+pub fn deliveries_by_marker(messages: &[Received]) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for m in messages {
+        let text = m.text();
+        if let Some(marker) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
+            *counts.entry(marker.trim_end().to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
 /// Asserts that `received` is `original` byte for byte under exactly one header,
 /// Outpost's `Received:` (relay mode adds nothing else).
 #[track_caller]

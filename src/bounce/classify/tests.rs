@@ -250,3 +250,70 @@ fn codes_inside_text_and_reply_lines() {
     );
     assert_eq!(parse_reply_line("hello"), None);
 }
+
+#[test]
+fn a_code_that_disagrees_with_the_words_needs_the_rcpt_stage() {
+    // x.2.1 says the mailbox exists but takes nothing; "User Unknown" says it does
+    // not exist. Zoho and the Japanese carriers' reception filters answer so to a
+    // sender their user refused, so only a refusal at RCPT, before any content was
+    // seen, is taken as the address being bad.
+    for reply in [
+        "550 5.2.1 <a@b.example>... User Unknown",
+        "550 Invalid Address, ERROR_CODE :550, ERROR_CODE :5.2.1 <a@b.example>... User Unknown",
+    ] {
+        let (code, enhanced, text) = parse_reply_line(reply).unwrap();
+        for stage in [Stage::Unknown, Stage::Data] {
+            let v = classify(code, enhanced, text, stage);
+            assert_eq!((v.class, v.suppress), (Policy, false), "{reply}: {}", v.why);
+        }
+        let v = classify(code, enhanced, text, Stage::Rcpt);
+        assert_eq!(
+            (v.class, v.suppress),
+            (BadMailbox, true),
+            "{reply}: {}",
+            v.why
+        );
+    }
+}
+
+#[test]
+fn other_address_status_with_words_saying_the_address_is_not_there() {
+    // x.1.0 ("other address status") beside "Address rejected." says what x.1.1
+    // says; the same code on the sender's address is the sender's problem, and an
+    // "Address rejected:" followed by a reason is only Postfix's prefix.
+    let cases = [
+        ("550 5.1.0 Address rejected.", BadMailbox, true),
+        ("550 #5.1.0 Address rejected.", BadMailbox, true),
+        (
+            "550 5.1.0 <bounce@mailer.a.example> sender rejected. AUP#CDRBL",
+            Policy,
+            false,
+        ),
+        (
+            "550 5.1.0 Address rejected: Policy violation",
+            Policy,
+            false,
+        ),
+        // Directory-harvest protection refuses the sender, whatever address the
+        // reply names: its words "invalid recipients" are about other addresses.
+        (
+            "550 5.1.0 Address rejected: too many invalid recipients from your IP",
+            RateLimited,
+            false,
+        ),
+        (
+            "452 4.5.3 <a@b.example>: Too many invalid recipients",
+            RateLimited,
+            false,
+        ),
+    ];
+    for (reply, class, suppress) in cases {
+        let v = c(reply);
+        assert_eq!(
+            (v.class, v.suppress),
+            (class, suppress),
+            "{reply}: {}",
+            v.why
+        );
+    }
+}

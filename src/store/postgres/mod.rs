@@ -10,10 +10,18 @@
 //! small pool of connections of their own (`Reader`). Each role of the store is
 //! implemented in its own file, as for SQLite: `queue.rs`, `events.rs`,
 //! `suppressions.rs`, `accounts.rs` (domains and users), `api_keys.rs`,
-//! `dashboard.rs`, `shared.rs` (secrets, webhook cursors); `schema.rs` holds the versioned migrations run at open.
+//! `dashboard.rs`, `shaping.rs` (what the nodes share to shape traffic, outside
+//! the group commit), `shared.rs` (secrets, webhook cursors); `schema.rs` holds
+//! the versioned migrations run at open.
 //!
 //! Connections are plain TCP (or a Unix socket): TLS to the database is not
 //! supported yet (`sslmode=require` fails to connect).
+//!
+//! Every round trip is bounded (`[store] timeout`): a database that stops
+//! answering fails the statement instead of holding its caller, and the
+//! connection is dropped (what it was doing is unknown) and made anew for the
+//! next write or read. A lost connection is replaced the same way, so a node
+//! resumes by itself once the database is back.
 
 mod accounts;
 mod api_keys;
@@ -21,6 +29,7 @@ mod dashboard;
 mod events;
 mod queue;
 mod schema;
+mod shaping;
 mod shared;
 mod suppressions;
 mod writer;
@@ -28,6 +37,8 @@ mod writer;
 use super::*;
 use crate::metrics::CommitStages;
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -36,11 +47,12 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 /// Most read connections one store opens.
 const MAX_READERS: usize = 8;
-/// How long connecting to the server may take, unless the URL says otherwise.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one round trip may take, unless the caller says (`[store] timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PostgresStore {
     config: tokio_postgres::Config,
+    timeout: Duration,
     jobs: writer::Jobs,
     readers: Mutex<Vec<Conn>>,
     reader_slots: tokio::sync::Semaphore,
@@ -50,16 +62,18 @@ impl PostgresStore {
     /// Connects to the database at `url`, brings its schema up to date and starts
     /// the writer task (on the current tokio runtime).
     pub async fn open(url: &str, max_batch: usize) -> StoreResult<Arc<PostgresStore>> {
-        Self::open_measured(url, max_batch, Arc::default()).await
+        Self::open_measured(url, max_batch, DEFAULT_TIMEOUT, Arc::default()).await
     }
 
-    /// [`PostgresStore::open`], reporting the group commit's stages into `stages`.
+    /// [`PostgresStore::open`] with each round trip bounded by `timeout`,
+    /// reporting the group commit's stages into `stages`.
     pub async fn open_measured(
         url: &str,
         max_batch: usize,
+        timeout: Duration,
         stages: Arc<CommitStages>,
     ) -> StoreResult<Arc<PostgresStore>> {
-        Self::start(url, max_batch, stages, true).await
+        Self::start(url, max_batch, timeout, stages, true).await
     }
 
     /// [`PostgresStore::open`] of a database that already holds a store: an
@@ -67,20 +81,18 @@ impl PostgresStore {
     /// URL's database and search path (a command given the wrong URL says so
     /// instead of reporting an empty queue).
     pub async fn open_existing(url: &str, max_batch: usize) -> StoreResult<Arc<PostgresStore>> {
-        Self::start(url, max_batch, Arc::default(), false).await
+        Self::start(url, max_batch, DEFAULT_TIMEOUT, Arc::default(), false).await
     }
 
     async fn start(
         url: &str,
         max_batch: usize,
+        timeout: Duration,
         stages: Arc<CommitStages>,
         create: bool,
     ) -> StoreResult<Arc<PostgresStore>> {
-        let mut config = parse_url(url).map_err(StoreError::Backend)?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let conn = Conn::connect(&config).await?;
+        let config = parse_url(url).map_err(StoreError::Backend)?;
+        let conn = Conn::connect(&config, timeout).await?;
         if !create && !schema::exists(&conn).await? {
             return Err(StoreError::Backend(
                 "no Outpost store in this PostgreSQL database (no schema_version table in its \
@@ -90,8 +102,9 @@ impl PostgresStore {
         }
         schema::migrate(&conn).await?;
         Ok(Arc::new(PostgresStore {
-            jobs: writer::start(config.clone(), conn, max_batch.max(1), stages),
+            jobs: writer::start(config.clone(), timeout, conn, max_batch.max(1), stages),
             config,
+            timeout,
             readers: Mutex::new(Vec::new()),
             reader_slots: tokio::sync::Semaphore::new(MAX_READERS),
         }))
@@ -106,12 +119,12 @@ impl PostgresStore {
             .map_err(|_| StoreError::Backend("store is closed".into()))?;
         let pooled = {
             let mut pool = self.readers.lock().expect("reader pool lock");
-            pool.retain(|c| !c.client.is_closed());
+            pool.retain(Conn::usable);
             pool.pop()
         };
         let conn = match pooled {
             Some(conn) => conn,
-            None => Conn::connect(&self.config).await?,
+            None => Conn::connect(&self.config, self.timeout).await?,
         };
         Ok(Reader {
             store: self,
@@ -149,7 +162,7 @@ impl std::ops::Deref for Reader<'_> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take().filter(|c| !c.client.is_closed()) {
+        if let Some(conn) = self.conn.take().filter(Conn::usable) {
             self.store
                 .readers
                 .lock()
@@ -164,6 +177,14 @@ impl Drop for Reader<'_> {
 pub(super) struct Conn {
     client: Client,
     statements: Mutex<HashMap<String, Statement>>,
+    /// Bound of each round trip (`[store] timeout`).
+    timeout: Duration,
+    /// A round trip ran out of time: what the server did with it is unknown,
+    /// so the connection is not used again.
+    timed_out: AtomicBool,
+    /// The task driving the socket, stopped with the connection: one whose
+    /// server hangs would otherwise wait on it forever.
+    task: tokio::task::JoinHandle<()>,
     /// The events the writer's open transaction has logged, inserted just
     /// before its COMMIT (`events.rs` says why); always empty on a reader.
     logged: Mutex<Vec<Event>>,
@@ -172,21 +193,57 @@ pub(super) struct Conn {
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 impl Conn {
-    async fn connect(config: &tokio_postgres::Config) -> StoreResult<Conn> {
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
+    async fn connect(config: &tokio_postgres::Config, timeout: Duration) -> StoreResult<Conn> {
+        let connecting = async {
+            let (client, connection) = config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            // Whatever the server's default, a commit returns only once its WAL
+            // is flushed: the durability contract.
+            let set = client.batch_execute("SET synchronous_commit = on").await;
+            if let Err(e) = set {
+                task.abort();
+                return Err(e.into());
             }
-        });
-        // Whatever the server's default, a commit returns only once its WAL is
-        // flushed: the durability contract.
-        client.batch_execute("SET synchronous_commit = on").await?;
-        Ok(Conn {
-            client,
-            statements: Mutex::new(HashMap::new()),
-            logged: Mutex::new(Vec::new()),
-        })
+            Ok(Conn {
+                client,
+                statements: Mutex::new(HashMap::new()),
+                timeout,
+                timed_out: AtomicBool::new(false),
+                task,
+                logged: Mutex::new(Vec::new()),
+            })
+        };
+        tokio::time::timeout(timeout, connecting)
+            .await
+            .unwrap_or_else(|_| Err(no_answer(timeout)))
+    }
+
+    /// Whether the connection can take another statement.
+    fn usable(&self) -> bool {
+        !self.client.is_closed() && !self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// Runs one round trip within the timeout; past it, the connection is
+    /// given up.
+    async fn bounded<T>(
+        &self,
+        round_trip: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> StoreResult<T> {
+        if self.timed_out.load(Ordering::Relaxed) {
+            return Err(no_answer(self.timeout));
+        }
+        match tokio::time::timeout(self.timeout, round_trip).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                self.timed_out.store(true, Ordering::Relaxed);
+                self.task.abort();
+                Err(no_answer(self.timeout))
+            }
+        }
     }
 
     /// Logs an event of the open transaction (inserted at its end).
@@ -218,7 +275,7 @@ impl Conn {
         {
             return Ok(s.clone());
         }
-        let prepared = self.client.prepare(sql).await?;
+        let prepared = self.bounded(self.client.prepare(sql)).await?;
         self.statements
             .lock()
             .expect("statement cache lock")
@@ -228,7 +285,7 @@ impl Conn {
 
     pub(super) async fn query(&self, sql: &str, params: &Params<'_>) -> StoreResult<Vec<Row>> {
         let statement = self.statement(sql).await?;
-        Ok(self.client.query(&statement, params).await?)
+        self.bounded(self.client.query(&statement, params)).await
     }
 
     pub(super) async fn query_opt(
@@ -237,7 +294,8 @@ impl Conn {
         params: &Params<'_>,
     ) -> StoreResult<Option<Row>> {
         let statement = self.statement(sql).await?;
-        Ok(self.client.query_opt(&statement, params).await?)
+        self.bounded(self.client.query_opt(&statement, params))
+            .await
     }
 
     /// The first column of the one row `sql` returns.
@@ -246,14 +304,16 @@ impl Conn {
         T: for<'r> FromSql<'r>,
     {
         let statement = self.statement(sql).await?;
-        let row = self.client.query_one(&statement, params).await?;
+        let row = self
+            .bounded(self.client.query_one(&statement, params))
+            .await?;
         Ok(row.try_get(0)?)
     }
 
     /// Rows changed.
     pub(super) async fn execute(&self, sql: &str, params: &Params<'_>) -> StoreResult<u64> {
         let statement = self.statement(sql).await?;
-        Ok(self.client.execute(&statement, params).await?)
+        self.bounded(self.client.execute(&statement, params)).await
     }
 
     /// True when `sql` changed a row.
@@ -263,12 +323,40 @@ impl Conn {
 
     /// Runs statements without parameters or results (transaction control, DDL).
     async fn batch(&self, sql: &str) -> StoreResult<()> {
-        Ok(self.client.batch_execute(sql).await?)
+        self.bounded(self.client.batch_execute(sql)).await
     }
+}
+
+/// What a round trip that ran out of time reports.
+fn no_answer(timeout: Duration) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL did not answer within {timeout:?} ([store] timeout)"
+    ))
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
+        // tokio-postgres has no public error kinds: a lost connection is
+        // `is_closed`, a failed socket carries an io::Error, a connect timeout
+        // of the URL's says so in its text.
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let timed_out = e.as_db_error().is_none() && e.to_string().contains("timeout");
+        let unreachable = e.is_closed()
+            || io
+            || timed_out
+            || e.code().is_some_and(|c| {
+                // Class 08 (connection exception); the server shutting down.
+                c.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                    ]
+                    .contains(c)
+            });
+        if unreachable {
+            return StoreError::Unavailable(e.to_string());
+        }
         match e.code() {
             Some(&SqlState::DISK_FULL) => StoreError::Full(e.to_string()),
             // The server's message, not just "db error".
@@ -333,9 +421,10 @@ mod tests {
             return;
         };
         let metrics = crate::metrics::Metrics::default();
-        let store = PostgresStore::open_measured(&schema.url, 64, metrics.commit_stages())
-            .await
-            .unwrap();
+        let store =
+            PostgresStore::open_measured(&schema.url, 64, DEFAULT_TIMEOUT, metrics.commit_stages())
+                .await
+                .unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let store = store.clone();

@@ -458,6 +458,11 @@ impl QueueStore for PostgresStore {
                     &[&now],
                 )
                 .await?;
+                // In the same commit as the request, so a node that sees the
+                // suspensions still there has yet to see the request (and will
+                // lift what it adopted when it does).
+                conn.execute("DELETE FROM destination_suspensions", &[])
+                    .await?;
                 make_due(conn, id.as_deref(), now).await
             })
         }))
@@ -535,6 +540,19 @@ impl QueueStore for PostgresStore {
                 Ok(n as usize)
             })
         }))
+    }
+
+    fn clock(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            let conn = self.reader().await?;
+            // clock_timestamp(), not now(): the time of this statement, not of a
+            // transaction's start.
+            conn.value(
+                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+                &[],
+            )
+            .await
+        })
     }
 
     fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus> {

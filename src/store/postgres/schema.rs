@@ -159,7 +159,30 @@ CREATE TABLE nodes (
     last_seen BIGINT NOT NULL
 );
 "#,
-    // 3: what nodes share besides mail (store/mod.rs `SharedStore`): generated
+    // Shaping shared by the nodes (shaping.rs). UNLOGGED: writing them makes no
+    // WAL, so a transaction touching only them commits without a flush; a crash
+    // of the server (or a failover) empties them, which frees every slot.
+    r#"
+CREATE UNLOGGED TABLE destination_slots (
+    destination TEXT COLLATE "C" NOT NULL,
+    slot BIGINT NOT NULL,
+    holder TEXT COLLATE "C",
+    token BIGINT NOT NULL,
+    lease_until BIGINT NOT NULL,
+    PRIMARY KEY (destination, slot)
+);
+CREATE UNLOGGED TABLE destination_paces (
+    destination TEXT COLLATE "C" PRIMARY KEY,
+    next_send BIGINT NOT NULL
+);
+CREATE UNLOGGED TABLE destination_suspensions (
+    destination TEXT COLLATE "C" PRIMARY KEY,
+    until BIGINT NOT NULL,
+    reply TEXT NOT NULL,
+    node TEXT NOT NULL
+);
+"#,
+    // 4: what nodes share besides mail (store/mod.rs `SharedStore`): generated
     // secrets, and each webhook endpoint's cursor with the lease of the node
     // posting to it. `endpoint` is a hash of the URL, not the URL (which may
     // hold a token).

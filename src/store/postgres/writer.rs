@@ -17,7 +17,7 @@ use crate::store::{StoreError, StoreResult};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// A write's work, borrowing the writer's connection.
@@ -88,12 +88,13 @@ pub(super) type Jobs = mpsc::UnboundedSender<Queued>;
 /// lost connection is replaced (from `config`) at the next batch.
 pub(super) fn start(
     config: tokio_postgres::Config,
+    timeout: Duration,
     conn: Conn,
     max_batch: usize,
     stages: Arc<CommitStages>,
 ) -> Jobs {
     let (jobs, rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer_loop(config, conn, rx, max_batch, stages));
+    tokio::spawn(writer_loop(config, timeout, conn, rx, max_batch, stages));
     jobs
 }
 
@@ -133,6 +134,7 @@ impl PostgresStore {
 
 async fn writer_loop(
     config: tokio_postgres::Config,
+    timeout: Duration,
     conn: Conn,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     max_batch: usize,
@@ -147,9 +149,9 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        let live = match conn.take().filter(|c| !c.client.is_closed()) {
+        let live = match conn.take().filter(Conn::usable) {
             Some(c) => Ok(c),
-            None => Conn::connect(&config).await,
+            None => Conn::connect(&config, timeout).await,
         };
         let c = match live {
             Ok(c) => c,

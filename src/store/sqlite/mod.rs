@@ -22,6 +22,7 @@ mod dashboard;
 mod events;
 mod queue;
 mod schema;
+mod shaping;
 mod shared;
 mod suppressions;
 mod writer;

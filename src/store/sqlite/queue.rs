@@ -472,6 +472,10 @@ impl QueueStore for SqliteStore {
         }))
     }
 
+    fn clock(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async { Ok(chrono::Utc::now().timestamp_millis()) })
+    }
+
     fn cluster_status(&self) -> StoreFuture<'_, ClusterStatus> {
         Box::pin(self.read(|conn| {
             let mut claims: std::collections::BTreeMap<String, (i64, usize)> = conn

@@ -21,10 +21,16 @@ pub struct Process {
 impl Process {
     /// Starts `outpost --config CONFIG serve` and waits for its relay listener.
     pub fn start(config: &Path) -> Process {
+        Process::start_with_env(config, &[])
+    }
+
+    /// [`Process::start`] with more environment variables (`LD_PRELOAD`, ...).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
             .arg("--config")
             .arg(config)
             .arg("serve")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("OUTPOST_CONFIG")
