@@ -10,7 +10,7 @@
 //! mail acceptance or delivery: a dead endpoint slows down nothing else.
 //!
 //! Once per cluster: every node runs the task, but only the node holding the
-//! endpoint's lease in the store posts to it. The holder renews the lease every
+//! endpoint's lease in the store (reckoned on the store's clock) posts to it. The holder renews the lease every
 //! third of `[store] lease`, also while a POST or a backoff lasts; the others
 //! try to take it as often, and get it once it has run out (its holder died or
 //! lost the database). A node that takes over starts from the store's cursor,
@@ -134,10 +134,6 @@ pub async fn send_test(hook: &WebhookConfig, log: &DeliveryLog) -> Result<u16, S
     let result = post(&client(), hook, body).await;
     log.push(&hook.url, 1, &result);
     result
-}
-
-fn unix_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// What a node needs to take part in posting: its name and the lease length.
@@ -295,13 +291,18 @@ impl Tail {
     /// Takes or renews the lease: the store's cursor, and when to renew next;
     /// `None` if another node holds it or the store cannot be reached.
     async fn take_lease(&self) -> Option<(i64, Instant)> {
-        let (started, now) = (Instant::now(), unix_ms());
-        let until = now.saturating_add(self.holder.lease.as_millis() as i64);
-        match self
-            .store
-            .lease_webhook(&self.endpoint, &self.holder.node, now, until)
-            .await
-        {
+        let started = Instant::now();
+        // Reckoned on the store's clock, as claims are (docs/cluster.md,
+        // "Leases and clocks"): a node whose clock runs ahead takes no live
+        // node's endpoint.
+        let leased = async {
+            let now = self.store.clock().await?;
+            let until = now.saturating_add(self.holder.lease.as_millis() as i64);
+            self.store
+                .lease_webhook(&self.endpoint, &self.holder.node, now, until)
+                .await
+        };
+        match leased.await {
             Ok(stored) => stored.map(|stored| (stored, started + self.renewal())),
             Err(e) => {
                 tracing::error!(error = %e, url = %self.hook.url, "cannot renew the webhook lease; not posting until it is renewed");
