@@ -148,6 +148,29 @@ impl CommitStages {
         }
     }
 
+    /// The mean of each accept stage and of the batch size, one line each.
+    pub fn summary(&self) -> String {
+        let mean = |h: &Histogram<{ STAGE_BUCKETS.len() }>| h.sum / h.count.max(1) as f64;
+        let stages = self.stages.lock().expect("metrics lock");
+        let mut out = String::new();
+        for (stage, h) in STAGES.iter().zip(stages.iter()) {
+            let _ = writeln!(
+                out,
+                "{stage:>6}: {:.3} ms mean over {} acceptances",
+                mean(h) * 1e3,
+                h.count
+            );
+        }
+        let batch = self.batch.lock().expect("metrics lock");
+        let _ = writeln!(
+            out,
+            " batch: {:.1} writes mean over {} commits",
+            batch.sum / batch.count.max(1) as f64,
+            batch.count
+        );
+        out
+    }
+
     fn render(&self, out: &mut String) {
         let stages = self.stages.lock().expect("metrics lock");
         for (stage, h) in STAGES.iter().zip(stages.iter()) {
@@ -282,7 +305,7 @@ impl Metrics {
         family(
             "outpost_accept_stage_seconds",
             "histogram",
-            "Time an accepted message spent in each stage of the store's group commit: waiting for a batch, writing the batch, and its COMMIT (writing the WAL frames and the fsync).",
+            "Time an accepted message spent in each stage of the store's group commit: waiting for a batch, writing the batch, and making it durable (the large bodies' spool file written and fsynced, if any, then the COMMIT: the WAL frames written and fsynced).",
         );
         family(
             "outpost_store_batch_writes",

@@ -10,6 +10,11 @@
 //! once more, opens the store in this process and checks that every message ever
 //! acknowledged is there, byte for byte, with its envelope. Messages whose `250`
 //! was never seen may or may not be there.
+//!
+//! The same rounds run with large messages (64-130 KiB, bodies kept in the spool
+//! beside the database): before each restart a file no row names is put in the
+//! spool, as a crash between a spool file's fsync and its batch's COMMIT leaves
+//! one, and the restarted server must have removed it.
 
 use crate::support::server_process;
 
@@ -153,7 +158,16 @@ fn dot_stuff(content: &[u8]) -> Vec<u8> {
     out
 }
 
-fn make_message(round: usize, sender: usize, seq: usize, nonce: u128) -> Acked {
+/// The sizes of the messages sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sizes {
+    /// A few hundred octets to ~16 KiB: bodies in the database.
+    Mixed,
+    /// 64-130 KiB: bodies in the spool.
+    Large,
+}
+
+fn make_message(round: usize, sender: usize, seq: usize, nonce: u128, sizes: Sizes) -> Acked {
     let marker = format!("crash-{nonce:x}-r{round}-s{sender}-n{seq}");
     let recipients: Vec<String> = (0..1 + seq % 3)
         .map(|i| format!("rcpt{i}.{sender}@dest{}.example", seq % 7))
@@ -164,8 +178,13 @@ fn make_message(round: usize, sender: usize, seq: usize, nonce: u128) -> Acked {
          marker {marker}\r\n.a line that starts with a dot\r\n..and one with two\r\n",
         recipients[0]
     );
-    // Sizes from a few hundred octets to ~16 KiB, so some DATA is in flight at the kill.
-    for i in 0..(seq * 37 + sender * 11) % 200 {
+    // Sizes from a few hundred octets to ~16 KiB, so some DATA is in flight at the
+    // kill; large ones from 64 KiB (the spool's threshold) to ~130 KiB.
+    let lines = match sizes {
+        Sizes::Mixed => (seq * 37 + sender * 11) % 200,
+        Sizes::Large => 800 + (seq * 37 + sender * 11) % 800,
+    };
+    for i in 0..lines {
         content.push_str(&format!(
             "{marker} filler line {i:04} ............................\r\n"
         ));
@@ -183,6 +202,7 @@ async fn sender(
     round: usize,
     id: usize,
     nonce: u128,
+    sizes: Sizes,
     acked: Arc<Mutex<HashMap<QueueId, Acked>>>,
     count: Arc<watch::Sender<usize>>,
 ) -> String {
@@ -191,7 +211,7 @@ async fn sender(
         Err(e) => return e,
     };
     for seq in 0..MAX_PER_SENDER {
-        let message = make_message(round, id, seq, nonce);
+        let message = make_message(round, id, seq, nonce, sizes);
         match client.transaction(&message).await {
             Ok(queue_id) => {
                 let previous = acked.lock().unwrap().insert(queue_id.clone(), message);
@@ -261,6 +281,26 @@ async fn verify(data_dir: &Path, acked: &HashMap<QueueId, Acked>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9() {
+    kill_rounds(Sizes::Mixed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_large_messages_survive_kill_9_and_orphans_are_removed() {
+    kill_rounds(Sizes::Large).await;
+}
+
+/// The spool's files (not its lock).
+fn spool_files(data_dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(data_dir.join("spool")) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().is_some_and(|n| n != "lock"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn kill_rounds(sizes: Sizes) {
     let _alone = crate::alone().await;
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -284,6 +324,7 @@ async fn acknowledged_messages_survive_kill_9() {
                     round,
                     i,
                     nonce,
+                    sizes,
                     acked.clone(),
                     count.clone(),
                 ))
@@ -320,12 +361,24 @@ async fn acknowledged_messages_survive_kill_9() {
             acked_now - before
         );
 
+        // What a crash between a spool file's fsync and its COMMIT leaves.
+        let next = spool_files(&data_dir)
+            .iter()
+            .filter_map(|p| i64::from_str_radix(p.file_name()?.to_str()?, 16).ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let orphan = data_dir.join("spool").join(format!("{next:016x}"));
+        if sizes == Sizes::Large {
+            std::fs::write(&orphan, b"a body no row names").unwrap();
+        }
+
         // Restart on the same data dir: recovery must succeed and mail flow again.
         let restarted = Server::start(&config);
         let mut client = Client::connect(restarted.addr)
             .await
             .expect("connect after restart");
-        let probe = make_message(round, SENDERS, 0, nonce);
+        let probe = make_message(round, SENDERS, 0, nonce, sizes);
         let id = client
             .transaction(&probe)
             .await
@@ -333,6 +386,17 @@ async fn acknowledged_messages_survive_kill_9() {
         acked.lock().unwrap().insert(id, probe);
         drop(client);
         restarted.kill();
+        if sizes == Sizes::Large {
+            // The server listens only after it opened the store.
+            assert!(
+                !orphan.exists(),
+                "round {round}: orphan spool file not removed"
+            );
+            assert!(
+                !spool_files(&data_dir).is_empty(),
+                "round {round}: no body was spooled"
+            );
+        }
 
         let snapshot = acked.lock().unwrap().clone();
         verify(&data_dir, &snapshot).await;

@@ -1,6 +1,7 @@
 //! [`QueueStore`] on SQLite: messages, recipients and their claims.
 
 use super::events::insert_event;
+use super::spool::{self, Spooled};
 use super::{SqliteStore, backend, changes_rows};
 use crate::smtp::Mailbox;
 use crate::store::*;
@@ -25,9 +26,21 @@ fn stored_sender(text: &str) -> rusqlite::Result<Option<Mailbox>> {
 
 /// Marks a message finished (its bounce report, if any, is queued) and drops its
 /// content, except for mail to our own domains, which is kept (local mail).
-const FINISH: &str = "UPDATE messages SET finished = 1, content = CASE WHEN EXISTS (
-        SELECT 1 FROM recipients r WHERE r.message_id = messages.id AND r.status = 'local')
-    THEN content END WHERE id = ?1";
+fn finish(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    spool::released(conn, id)?;
+    let dropped = conn
+        .prepare_cached(
+            "UPDATE messages SET finished = 1, content = NULL, spool = NULL, spool_offset = NULL
+             WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM recipients r
+                 WHERE r.message_id = messages.id AND r.status = 'local')",
+        )?
+        .execute([id])?;
+    if dropped == 0 {
+        conn.prepare_cached("UPDATE messages SET finished = 1 WHERE id = ?1")?
+            .execute([id])?;
+    }
+    Ok(())
+}
 
 pub(super) fn load_summaries(
     conn: &Connection,
@@ -181,10 +194,15 @@ fn make_due(conn: &Connection, id: Option<&str>, now: i64) -> rusqlite::Result<u
 
 impl QueueStore for SqliteStore {
     fn enqueue(&self, message: NewMessage) -> StoreFuture<'_, ()> {
-        Box::pin(self.write_accept(move |conn| {
+        // Kept mail (a local recipient) stays in the database: see spool.rs.
+        let body = (message.content.len() >= spool::MIN_SIZE
+            && !message.recipients.iter().any(|r| r.local))
+        .then(|| message.content.clone());
+        let facts = super::dashboard::EnqueueFacts::of(&message);
+        Box::pin(self.write_accept(body, move |conn, spooled: Option<Spooled>| {
             conn.prepare_cached(
-                "INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO messages (id, mail_from, auth_user, smtputf8, size, received_at, content, spool, spool_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -194,7 +212,9 @@ impl QueueStore for SqliteStore {
                     message.smtputf8,
                     message.content.len() as i64,
                     message.received_at,
-                    &message.content[..],
+                    spooled.is_none().then_some(&message.content[..]),
+                    spooled.map(|s| s.file),
+                    spooled.map(|s| s.offset),
                 ])
             })
             .map_err(backend)?;
@@ -239,7 +259,7 @@ impl QueueStore for SqliteStore {
                 )
                 .map_err(backend)?;
             }
-            super::dashboard::record_enqueue(conn, &message).map_err(backend)?;
+            super::dashboard::record_enqueue(conn, &message, facts).map_err(backend)?;
             Ok(())
         }))
     }
@@ -274,20 +294,51 @@ impl QueueStore for SqliteStore {
 
     fn message_content(&self, id: &QueueId) -> StoreFuture<'_, Option<Vec<u8>>> {
         let id = id.to_string();
+        let dir = self.spool_dir.clone();
         Box::pin(self.read(move |conn| {
-            conn.query_row("SELECT content FROM messages WHERE id = ?1", [id], |row| {
-                row.get::<_, Option<Vec<u8>>>(0)
-            })
-            .optional()
-            .map(Option::flatten)
+            let mut stmt = conn.prepare_cached(
+                "SELECT content, spool, spool_offset, size FROM messages WHERE id = ?1",
+            )?;
+            // A second look: between reading the row and opening its file, the
+            // body may have moved into the database, or the message finished.
+            for _ in 0..2 {
+                let row = stmt
+                    .query_row([&id], |row| {
+                        Ok((
+                            row.get::<_, Option<Vec<u8>>>(0)?,
+                            row.get::<_, Option<i64>>(1)?,
+                            row.get::<_, Option<i64>>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .optional()?;
+                let (file, offset, size) = match row {
+                    Some((None, Some(file), Some(offset), size)) => (file, offset, size),
+                    Some((content, _, _, _)) => return Ok(content),
+                    None => return Ok(None),
+                };
+                match spool::read(&dir, Spooled { file, offset }, size as usize) {
+                    Ok(body) => return Ok(Some(body)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(rusqlite::Error::ToSqlConversionFailure(
+                            format!("spooled body of {id}: {e}").into(),
+                        ));
+                    }
+                }
+            }
+            Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("the spool file of {id} is missing").into(),
+            ))
         }))
     }
 
     fn delete_message(&self, id: &QueueId) -> StoreFuture<'_, bool> {
         let id = id.to_string();
-        Box::pin(
-            self.write(move |conn| changes_rows(conn, "DELETE FROM messages WHERE id = ?1", [id])),
-        )
+        Box::pin(self.write(move |conn| {
+            spool::released(conn, &id).map_err(backend)?;
+            changes_rows(conn, "DELETE FROM messages WHERE id = ?1", [id])
+        }))
     }
 
     fn claim_due(
@@ -312,6 +363,7 @@ impl QueueStore for SqliteStore {
         now: i64,
     ) -> StoreFuture<'_, Option<MessageSummary>> {
         let id = id.to_string();
+        let dir = self.spool_dir.clone();
         Box::pin(self.write(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -361,11 +413,18 @@ impl QueueStore for SqliteStore {
                 .and_then(|mut stmt| stmt.query_row([&id], |row| row.get(0)))
                 .map_err(backend)?;
             if pending > 0 {
+                if updates.iter().any(|u| u.status == RecipientStatus::Deferred) {
+                    // The body must outlive its spool file, not hold it (spool.rs).
+                    // A failure leaves it spooled: the outcome is recorded anyway.
+                    if let Err(e) = spool::relocate(conn, &dir, &id) {
+                        tracing::warn!(queue_id = %id, error = %e, "cannot move a deferred body into the database");
+                    }
+                }
                 return Ok(None);
             }
             let summary = load_summaries(conn, "WHERE id = ?1", &id).map_err(backend)?.pop();
             if summary.as_ref().is_some_and(|s| !s.needs_bounce_report()) {
-                conn.execute(FINISH, [&id]).map_err(backend)?;
+                finish(conn, &id).map_err(backend)?;
             }
             Ok(summary)
         }))
@@ -373,7 +432,7 @@ impl QueueStore for SqliteStore {
 
     fn finalize(&self, id: &QueueId) -> StoreFuture<'_, ()> {
         let id = id.to_string();
-        Box::pin(self.write(move |conn| conn.execute(FINISH, [id]).map(|_| ()).map_err(backend)))
+        Box::pin(self.write(move |conn| finish(conn, &id).map_err(backend)))
     }
 
     fn unfinalized(

@@ -11,7 +11,10 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     content BLOB,
-    finished INTEGER NOT NULL DEFAULT 0
+    finished INTEGER NOT NULL DEFAULT 0,
+    -- A body in the spool (spool.rs) instead of `content`: file and offset.
+    spool INTEGER,
+    spool_offset INTEGER
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -137,6 +140,17 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              UPDATE messages SET finished = 1 WHERE content IS NULL;",
         )?;
     }
+    if !has("messages", "spool")? {
+        conn.execute_batch(
+            "ALTER TABLE messages ADD COLUMN spool INTEGER;
+             ALTER TABLE messages ADD COLUMN spool_offset INTEGER;",
+        )?;
+    }
+    // Which files rows still name: a handful of entries (mail in its first
+    // attempt), not one per message.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_spool ON messages(spool) WHERE spool IS NOT NULL",
+    )?;
     Ok(())
 }
 
@@ -154,6 +168,10 @@ mod tests {
             .replace("    last_attempt INTEGER,\n", "")
             .replace("    claimed_by TEXT,\n", "")
             .replace(",\n    finished INTEGER NOT NULL DEFAULT 0", "")
+            .replace(
+                ",\n    -- A body in the spool (spool.rs) instead of `content`: file and offset.\n    spool INTEGER,\n    spool_offset INTEGER",
+                "",
+            )
             .replace(",\n    domain TEXT\n", "\n");
         assert_ne!(old, SCHEMA);
         Connection::open(dir.path().join("outpost.db"))

@@ -4,11 +4,18 @@
 //! fsync), and only then answers every job. Under load, many sessions share one
 //! fsync.
 //!
+//! Large bodies go to the spool (`spool.rs`): the writer writes and fsyncs the
+//! batch's bodies into one file before it begins the transaction whose rows name
+//! that file, so a committed row never names a body that is not on disk.
+//!
 //! Each acceptance's time here is reported in three stages ([`CommitStages`]):
-//! waiting for its batch to begin, running the batch's writes, and the COMMIT
-//! (writing the WAL frames and the fsync).
+//! waiting for its batch to begin, running the batch's writes, and making them
+//! durable (the spool file's write and fsync, if any, and the COMMIT: writing
+//! the WAL frames and the fsync).
 
 use super::checkpoint::{Commits, note_commit};
+use super::dashboard;
+use super::spool::{self, Spool, Spooled};
 use super::{SqliteStore, backend};
 use crate::metrics::CommitStages;
 use crate::store::{StoreError, StoreResult};
@@ -21,9 +28,10 @@ type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
 
 /// One write waiting for the next group commit.
 pub(super) trait Job: Send {
-    /// Runs the write inside the open transaction; the completion answers the caller
-    /// once the commit's outcome is known.
-    fn run(self: Box<Self>, conn: &Connection) -> Completion;
+    /// Runs the write inside the open transaction (`spooled`: where the writer put
+    /// the job's body, if it had one for the spool); the completion answers the
+    /// caller once the commit's outcome is known.
+    fn run(self: Box<Self>, conn: &Connection, spooled: Option<Spooled>) -> Completion;
     /// Answers the caller without running (the transaction could not start).
     fn abort(self: Box<Self>, error: StoreError);
 }
@@ -35,11 +43,12 @@ struct WriteJob<F, R> {
 
 impl<F, R> Job for WriteJob<F, R>
 where
-    F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    F: FnOnce(&Connection, Option<Spooled>) -> StoreResult<R> + Send + 'static,
     R: Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> Completion {
-        let result = in_savepoint(conn, self.write);
+    fn run(self: Box<Self>, conn: &Connection, spooled: Option<Spooled>) -> Completion {
+        let write = self.write;
+        let result = in_savepoint(conn, |conn| write(conn, spooled));
         let reply = self.reply;
         Box::new(move |commit: StoreResult<()>| {
             let _ = reply.send(commit.and(result));
@@ -57,6 +66,8 @@ pub(super) struct Queued {
     since: Instant,
     /// An acceptance (`enqueue`): its stages are measured.
     accept: bool,
+    /// A body for the spool: the job is told where it was written.
+    body: Option<Arc<Vec<u8>>>,
 }
 
 /// The channel into the writer thread.
@@ -65,6 +76,7 @@ pub(super) type Jobs = mpsc::Sender<Queued>;
 /// Starts the writer thread on `conn`; it stops when every sender is dropped.
 pub(super) fn start(
     conn: Connection,
+    spool: Option<Spool>,
     max_batch: usize,
     stages: Arc<CommitStages>,
     checkpoints: Commits,
@@ -72,7 +84,7 @@ pub(super) fn start(
     let (jobs, rx) = mpsc::channel::<Queued>();
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(conn, rx, max_batch, &stages, &checkpoints))
+        .spawn(move || writer_loop(conn, spool, rx, max_batch, &stages, &checkpoints))
         .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
     Ok(jobs)
 }
@@ -83,27 +95,32 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        self.submit(false, f).await
+        self.submit(false, None, move |conn, _| f(conn)).await
     }
 
-    /// [`SqliteStore::write`] for an acceptance, whose stages are measured.
+    /// [`SqliteStore::write`] for an acceptance, whose stages are measured. With a
+    /// `body`, the writer may spool it and tell `f` where it is; `f` must then not
+    /// store the body itself.
     pub(super) async fn write_accept<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        body: Option<Arc<Vec<u8>>>,
+        f: impl FnOnce(&Connection, Option<Spooled>) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        self.submit(true, f).await
+        self.submit(true, body, f).await
     }
 
     async fn submit<R: Send + 'static>(
         &self,
         accept: bool,
-        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        body: Option<Arc<Vec<u8>>>,
+        f: impl FnOnce(&Connection, Option<Spooled>) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
         let (reply, rx) = oneshot::channel();
         let queued = Queued {
             job: Box::new(WriteJob { write: f, reply }),
             since: Instant::now(),
             accept,
+            body,
         };
         self.jobs
             .send(queued)
@@ -115,6 +132,7 @@ impl SqliteStore {
 
 fn writer_loop(
     mut conn: Connection,
+    mut spool: Option<Spool>,
     rx: mpsc::Receiver<Queued>,
     max_batch: usize,
     stages: &CommitStages,
@@ -129,6 +147,9 @@ fn writer_loop(
             }
         }
         let begun = Instant::now();
+        let placed = spool_bodies(spool.as_mut(), &batch);
+        // Disk time, reported with the COMMIT's rather than as writing.
+        let spooled_in = begun.elapsed();
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -141,17 +162,20 @@ fn writer_loop(
         let writes = batch.len();
         let mut accept_waits = Vec::new();
         let mut completions = Vec::with_capacity(writes);
-        for q in batch {
+        for (q, spooled) in batch.into_iter().zip(placed) {
             if q.accept {
                 accept_waits.push(begun.saturating_duration_since(q.since));
             }
-            completions.push(q.job.run(&tx));
+            completions.push(q.job.run(&tx, spooled));
         }
+        let indexed = dashboard::index_batch(&tx).map_err(backend);
         let written = Instant::now();
-        // A failed COMMIT rolls the transaction back when `tx` is dropped.
-        match tx.commit().map_err(backend) {
+        // A failed index write or COMMIT rolls the transaction back when `tx` is
+        // dropped.
+        match indexed.and_then(|()| tx.commit().map_err(backend)) {
             Ok(()) => {
-                stages.batch(writes, &accept_waits, written - begun, written.elapsed());
+                let write = (written - begun).saturating_sub(spooled_in);
+                stages.batch(writes, &accept_waits, write, written.elapsed() + spooled_in);
                 completions.into_iter().for_each(|c| c(Ok(())));
                 note_commit(checkpoints);
             }
@@ -159,6 +183,38 @@ fn writer_loop(
                 tracing::error!(error = %e, writes = completions.len(), "store commit failed");
                 completions.into_iter().for_each(|c| c(Err(e.clone())));
             }
+        }
+        match spool.as_mut() {
+            Some(spool) => spool.after_commit(&conn),
+            None => spool::forget_released(),
+        }
+    }
+}
+
+/// Writes the batch's bodies into one spool file and says where each job's went
+/// (nowhere without a spool, or if the file cannot be written: those jobs then
+/// store their bodies in the database, which fails too if the disk is full).
+fn spool_bodies(spool: Option<&mut Spool>, batch: &[Queued]) -> Vec<Option<Spooled>> {
+    let unplaced = || vec![None; batch.len()];
+    let Some(spool) = spool.filter(|_| batch.iter().any(|q| q.body.is_some())) else {
+        return unplaced();
+    };
+    let bodies: Vec<&[u8]> = batch
+        .iter()
+        .filter_map(|q| q.body.as_deref())
+        .map(Vec::as_slice)
+        .collect();
+    match spool.write(&bodies) {
+        Ok(places) => {
+            let mut places = places.into_iter();
+            batch
+                .iter()
+                .map(|q| q.body.as_ref().and_then(|_| places.next()))
+                .collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "store cannot spool bodies, keeps them in the database");
+            unplaced()
         }
     }
 }
