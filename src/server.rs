@@ -154,7 +154,7 @@ pub async fn start(config: Arc<Config>) -> Result<Running, StartError> {
             store.clone(),
             Arc::new(resolver),
             metrics.clone(),
-            Arc::new(UnsubscribeKey::load_or_create(&config.data_dir)?),
+            Arc::new(UnsubscribeKey::load(store.as_ref(), &config.data_dir).await?),
         ))
     };
     start_with_store(config, store, queue, metrics).await
@@ -186,7 +186,7 @@ pub async fn start_with_store(
     if let Some(problem) = config.hostname_problem() {
         tracing::warn!("{problem}");
     }
-    let unsubscribe = Arc::new(UnsubscribeKey::load_or_create(&config.data_dir)?);
+    let unsubscribe = Arc::new(UnsubscribeKey::load(store.as_ref(), &config.data_dir).await?);
     let mut bound = Vec::new();
     for listener in &config.listeners {
         bound.push(inbound::bind(listener).await?);
@@ -237,6 +237,10 @@ pub async fn start_with_store(
     crate::webhooks::start(
         &config.webhooks,
         &config.data_dir,
+        crate::webhooks::Holder {
+            node: config.server.node_name.clone(),
+            lease: config.store.lease.get(),
+        },
         store.clone(),
         api.webhook_log.clone(),
         &mut tasks,

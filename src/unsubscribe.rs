@@ -6,10 +6,13 @@
 //!
 //! A token is `base64url(domain \n address \n user) . base64url(HMAC-SHA256(key,
 //! payload))`. The key is 32 random bytes generated on first start and kept in
-//! `data_dir/unsubscribe.key` (mode 0600); changing it voids every link sent. A
-//! token that does not verify changes nothing.
+//! the store (secret `unsubscribe`), so every node of a cluster signs and
+//! verifies with the same; changing it voids every link sent. A token that does
+//! not verify changes nothing. Versions before it kept the key in
+//! `data_dir/unsubscribe.key`: that file is imported on first start, so links
+//! already sent keep working.
 
-use crate::store::{Event, EventKind, Store, StoreError, Suppression};
+use crate::store::{Event, EventKind, SharedStore, Store, StoreError, Suppression};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -22,7 +25,7 @@ pub const MAILTO_PREFIX: &str = "unsubscribe+";
 pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The secret that signs unsubscribe tokens. Constructed in the crate only by
-/// [`UnsubscribeKey::load_or_create`] and by the fuzz checks, which need no file.
+/// [`UnsubscribeKey::load`] and by the fuzz checks, which need no store.
 pub struct UnsubscribeKey(pub(crate) [u8; 32]);
 
 /// What a verified token names.
@@ -36,34 +39,37 @@ pub struct Unsubscription {
 }
 
 impl UnsubscribeKey {
-    /// Reads `dir/unsubscribe.key`, creating it (0600) on first start.
-    pub fn load_or_create(dir: &FsPath) -> Result<UnsubscribeKey, StoreError> {
-        let path = dir.join("unsubscribe.key");
-        let io = |e: std::io::Error| {
-            StoreError::Backend(format!("unsubscribe key {}: {e}", path.display()))
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32);
-                let bytes = bytes.ok_or_else(|| {
-                    StoreError::Backend(format!(
-                        "unsubscribe key {} is not 64 hex digits",
-                        path.display()
-                    ))
-                })?;
-                let mut key = [0; 32];
-                key.copy_from_slice(&bytes);
-                Ok(UnsubscribeKey(key))
+    /// The key the store holds, stored first if there is none: the key of
+    /// `dir/unsubscribe.key` if that file is there (kept by older versions), else
+    /// a new random one. The file, once in the store, is renamed
+    /// `unsubscribe.key.imported` (it is no longer read; a restored backup of it
+    /// would otherwise be imported again into a store that lost its key).
+    pub async fn load(store: &dyn SharedStore, dir: &FsPath) -> Result<UnsubscribeKey, StoreError> {
+        let path = dir.join(KEY_FILE);
+        let file = read_key_file(&path)?;
+        let candidate = file.unwrap_or_else(rand::random);
+        let stored = store.shared_secret(SECRET, candidate.to_vec()).await?;
+        let key: [u8; 32] = stored.try_into().map_err(|_| {
+            StoreError::Backend(format!("the store's secret {SECRET:?} is not 32 bytes"))
+        })?;
+        match file {
+            Some(old) => {
+                if old == key {
+                    tracing::info!(path = %path.display(), "imported the unsubscribe link key into the store");
+                } else {
+                    tracing::warn!(path = %path.display(), "this node's unsubscribe link key differs from the one in the store, which another node put there first: links this node signed no longer verify");
+                }
+                let imported = path.with_extension("key.imported");
+                if let Err(e) = std::fs::rename(&path, &imported) {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot rename the imported unsubscribe key file");
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(io)?;
-                let key: [u8; 32] = rand::random();
-                write_private(&path, hex::encode(key).as_bytes()).map_err(io)?;
-                tracing::info!(path = %path.display(), "generated the unsubscribe link key");
-                Ok(UnsubscribeKey(key))
+            None if key == candidate => {
+                tracing::info!("generated the unsubscribe link key (kept in the store)");
             }
-            Err(e) => Err(io(e)),
+            None => {}
         }
+        Ok(UnsubscribeKey(key))
     }
 
     fn mac(&self, payload: &[u8]) -> HmacSha256 {
@@ -136,17 +142,32 @@ impl UnsubscribeKey {
     }
 }
 
-/// Creates `path` readable by its owner only, and syncs it.
-fn write_private(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+/// The store's name for the key.
+const SECRET: &str = "unsubscribe";
+/// Where versions before the store kept it, in `data_dir`.
+const KEY_FILE: &str = "unsubscribe.key";
+
+/// The key in a file of an older version; `None` if there is no file.
+fn read_key_file(path: &FsPath) -> Result<Option<[u8; 32]>, StoreError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Backend(format!(
+                "unsubscribe key {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok());
+    bytes.map(Some).ok_or_else(|| {
+        StoreError::Backend(format!(
+            "unsubscribe key {} is not 64 hex digits",
+            path.display()
+        ))
+    })
 }
 
 /// Suppresses `u.address` for `u.domain` (reason `unsubscribe`) and logs an
@@ -185,11 +206,16 @@ pub async fn apply(store: &dyn Store, u: &Unsubscription) -> Result<bool, StoreE
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_verify_and_altered_ones_do_not() {
+    #[tokio::test]
+    async fn tokens_verify_and_altered_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
-        let key = UnsubscribeKey::load_or_create(dir.path()).unwrap();
-        let again = UnsubscribeKey::load_or_create(dir.path()).unwrap();
+        let store = crate::store::SqliteStore::open(dir.path(), 16).unwrap();
+        let key = UnsubscribeKey::load(store.as_ref(), dir.path())
+            .await
+            .unwrap();
+        let again = UnsubscribeKey::load(store.as_ref(), dir.path())
+            .await
+            .unwrap();
         let u = Unsubscription {
             domain: "a.example".into(),
             address: "b@b.example".into(),
@@ -206,10 +232,44 @@ mod tests {
         let (payload, _) = other_payload.split_once('.').unwrap();
         assert_eq!(key.verify(&format!("{payload}.{tag}")), None);
         assert_eq!(key.verify("garbage"), None);
-        let mode = std::fs::metadata(dir.path().join("unsubscribe.key"))
-            .unwrap()
-            .permissions();
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(mode.mode() & 0o777, 0o600);
+        assert!(
+            !dir.path().join(KEY_FILE).exists(),
+            "the key is not written to a file"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_file_of_an_older_version_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = UnsubscribeKey([9; 32]);
+        std::fs::write(dir.path().join(KEY_FILE), hex::encode(old.0) + "\n").unwrap();
+        let u = Unsubscription {
+            domain: "a.example".into(),
+            address: "b@b.example".into(),
+            user: "alice".into(),
+        };
+        let sent = old.token(&u);
+        let store = crate::store::SqliteStore::open(dir.path(), 16).unwrap();
+        let key = UnsubscribeKey::load(store.as_ref(), dir.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            key.verify(&sent),
+            Some(u.clone()),
+            "links already sent keep working"
+        );
+        assert!(!dir.path().join(KEY_FILE).exists());
+        assert!(dir.path().join("unsubscribe.key.imported").exists());
+        // Another node's file does not replace the key the store holds.
+        std::fs::write(dir.path().join(KEY_FILE), hex::encode([1u8; 32])).unwrap();
+        let key = UnsubscribeKey::load(store.as_ref(), dir.path())
+            .await
+            .unwrap();
+        assert_eq!(key.verify(&sent), Some(u));
+        std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap();
+        let Err(e) = UnsubscribeKey::load(store.as_ref(), dir.path()).await else {
+            panic!("a damaged key file was taken");
+        };
+        assert!(e.to_string().contains("not 64 hex digits"), "{e}");
     }
 }

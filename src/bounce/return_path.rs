@@ -2,8 +2,9 @@
 //! of Outpost's own, `b-ID-N-TAG@HOST`, so that a bounce arriving hours later says by
 //! its envelope recipient which message (queue id `ID`) and which recipient (index
 //! `N`, or `x` when the transaction had several) it is about. `TAG` is an HMAC of the
-//! rest (the relay's link-signing key, `data_dir/unsubscribe.key`, with its own
-//! context), so a forged bounce cannot name a message and suppress an address.
+//! rest (the relay's link-signing key, kept in the store and the same on every
+//! node, with its own context), so a forged bounce cannot name a message and
+//! suppress an address.
 //!
 //! `HOST` is the sending domain's return-path host: the first of
 //! `relay.local_domains` that is the sending domain or one of its subdomains (so SPF

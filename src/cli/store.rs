@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 pub enum StoreCommand {
     /// Copy a stopped node's SQLite store into a new, empty PostgreSQL store: the
     /// queue (contents and recipient states), events, suppressions, users, API
-    /// keys, sending domains with their DKIM keys, pauses and dashboard counters;
-    /// and the unsubscribe link key file into this configuration's data_dir.
+    /// keys, sending domains with their DKIM keys, pauses, dashboard counters,
+    /// the unsubscribe link key and webhook positions; and the key's file, if
+    /// the node last ran a version that kept it there, into this
+    /// configuration's data_dir (the first node started imports it).
     /// Refuses a target that holds any data, and a source a node ran on less
     /// than [store] lease ago. In one transaction: on failure nothing is written.
     Migrate {
@@ -51,8 +53,10 @@ pub async fn run(config: &Config, cmd: StoreCommand) -> Result<()> {
     Ok(())
 }
 
-/// The key of the unsubscribe links already sent is a file in data_dir: it
-/// goes to this configuration's data_dir, so links signed before still work.
+/// A store last run by a version before the key was kept in the store has it
+/// in a file in data_dir: it goes to this configuration's data_dir, whence the
+/// first node started imports it into the store, so links signed before still
+/// work. (A store run by this version has it in a table, copied with the rest.)
 fn copy_unsubscribe_key(from_dir: &Path, to_dir: &Path) -> Result<()> {
     let (from, to) = (
         from_dir.join("unsubscribe.key"),

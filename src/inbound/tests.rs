@@ -50,7 +50,11 @@ impl Transcript {
             store: store.clone(),
             queue: None,
             metrics: Arc::new(Metrics::default()),
-            unsubscribe: Arc::new(UnsubscribeKey::load_or_create(dir.path()).unwrap()),
+            unsubscribe: Arc::new(
+                UnsubscribeKey::load(store.as_ref(), dir.path())
+                    .await
+                    .unwrap(),
+            ),
             dkim: Arc::new(DkimSigners::new(store.clone())),
         };
         let login = Arc::new(crate::auth::LoginGate::new(store.clone(), &config.auth));

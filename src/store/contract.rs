@@ -200,6 +200,9 @@ contract!(
     connection_slots_taken_at_once_stay_within_the_limit,
     the_pace_gives_each_send_a_turn_of_its_own,
     destination_suspensions_are_shared_until_a_retry,
+    secrets_are_stored_once_and_shared,
+    webhook_leases_let_one_node_post_at_a_time,
+    old_webhook_cursors_are_imported_without_going_back,
 );
 
 async fn enqueue_then_read_back_after_reopen(b: &Backend) {
@@ -1690,4 +1693,86 @@ async fn destination_suspensions_are_shared_until_a_retry(b: &Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn secrets_are_stored_once_and_shared(b: &Backend) {
+    let store = b.open().await;
+    let (first, second) = tokio::join!(
+        store.shared_secret("k", vec![1; 32]),
+        store.shared_secret("k", vec![2; 32])
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second, "both callers get the one stored");
+    assert!(first == vec![1; 32] || first == vec![2; 32]);
+    assert_eq!(
+        store.shared_secret("other", vec![3]).await.unwrap(),
+        vec![3]
+    );
+    drop(store);
+    let store = b.open().await;
+    assert_eq!(store.shared_secret("k", vec![4; 32]).await.unwrap(), first);
+}
+
+async fn webhook_leases_let_one_node_post_at_a_time(b: &Backend) {
+    let store = b.open().await;
+    assert_eq!(store.webhook_cursor("e").await.unwrap(), None);
+    assert_eq!(
+        store.lease_webhook("e", "a", 10, 100).await.unwrap(),
+        Some(0)
+    );
+    // a holds it until 100: b is refused, a renews.
+    assert_eq!(store.lease_webhook("e", "b", 50, 140).await.unwrap(), None);
+    assert!(store.advance_webhook("e", "a", 5).await.unwrap());
+    assert_eq!(
+        store.lease_webhook("e", "a", 60, 160).await.unwrap(),
+        Some(5)
+    );
+    assert_eq!(store.lease_webhook("e", "b", 159, 250).await.unwrap(), None);
+    // Another endpoint is leased on its own.
+    assert_eq!(
+        store.lease_webhook("f", "b", 60, 160).await.unwrap(),
+        Some(0)
+    );
+    // a's lease runs out at 160: b takes over from the cursor a recorded.
+    assert_eq!(
+        store.lease_webhook("e", "b", 160, 250).await.unwrap(),
+        Some(5)
+    );
+    assert_eq!(
+        store.webhook_cursor("e").await.unwrap(),
+        Some(WebhookCursor {
+            acked: 5,
+            holder: Some("b".into()),
+            lease_until: 250
+        })
+    );
+    // a no longer moves the cursor; b does, never back.
+    assert!(!store.advance_webhook("e", "a", 9).await.unwrap());
+    assert!(store.advance_webhook("e", "b", 3).await.unwrap());
+    assert_eq!(store.webhook_cursor("e").await.unwrap().unwrap().acked, 5);
+    assert!(store.advance_webhook("e", "b", 8).await.unwrap());
+    // b's lease ran out but nobody took it: b still records what it posted.
+    assert!(store.advance_webhook("e", "b", 12).await.unwrap());
+    assert_eq!(
+        store.lease_webhook("e", "a", 251, 300).await.unwrap(),
+        Some(12)
+    );
+}
+
+async fn old_webhook_cursors_are_imported_without_going_back(b: &Backend) {
+    let store = b.open().await;
+    store.import_webhook_cursor("e", 7).await.unwrap();
+    assert_eq!(
+        store.webhook_cursor("e").await.unwrap(),
+        Some(WebhookCursor {
+            acked: 7,
+            holder: None,
+            lease_until: 0
+        })
+    );
+    store.import_webhook_cursor("e", 3).await.unwrap();
+    assert_eq!(store.lease_webhook("e", "a", 1, 10).await.unwrap(), Some(7));
+    store.import_webhook_cursor("e", 9).await.unwrap();
+    let cursor = store.webhook_cursor("e").await.unwrap().unwrap();
+    assert_eq!((cursor.acked, cursor.holder.as_deref()), (9, Some("a")));
 }

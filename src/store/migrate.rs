@@ -217,6 +217,19 @@ const TABLES: &[Table] = &[
             ("attempted", Bool),
         ],
     },
+    Table {
+        // The unsubscribe link key: links the node sent keep working.
+        name: "secrets",
+        select: "SELECT name, value FROM secrets",
+        columns: &[("name", Text), ("value", Bytes)],
+    },
+    Table {
+        // Positions only: the lease was the single node's, and any node of the
+        // cluster may take it up.
+        name: "webhook_cursors",
+        select: "SELECT endpoint, acked FROM webhook_cursors",
+        columns: &[("endpoint", Text), ("acked", Int)],
+    },
 ];
 
 /// Tables a target must have no rows in, besides those copied: a node's

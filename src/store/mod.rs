@@ -22,6 +22,7 @@
 //! | [`AccountStore`] | users (SMTP/API credentials) and their domains | `accounts.rs` |
 //! | [`ApiKeyStore`] | users' API keys (their hashes), by hash and by user | `api_keys.rs` |
 //! | [`DashboardStore`] | hourly counters, search, attempt details (the web dashboard) | `dashboard.rs` |
+//! | [`SharedStore`] | what nodes share besides mail: generated secrets, webhook cursors and leases | `shared.rs` |
 //! | [`ShapingStore`] | connection slots, paces, suspensions shared by a cluster's nodes | `shaping.rs` |
 //!
 //! # Backends
@@ -256,6 +257,36 @@ pub trait AccountStore: Send + Sync {
     fn revoke_domain(&self, name: &str, domain: &str) -> StoreFuture<'_, bool>;
 }
 
+/// What the nodes of a cluster share besides the mail: secrets generated once
+/// (the first node to store one wins), and for each webhook endpoint its cursor
+/// in the event log and the lease of the one node that posts to it.
+pub trait SharedStore: Send + Sync {
+    /// The secret `name`: `candidate` is stored if there is none yet; the
+    /// stored one is returned either way, so every node gets the same.
+    fn shared_secret(&self, name: &str, candidate: Vec<u8>) -> StoreFuture<'_, Vec<u8>>;
+    /// Node `node` takes or renews the lease on webhook endpoint `endpoint`
+    /// until `lease_until`. Granted when nobody holds it, `node` does, or the
+    /// holder's lease ended by `now`; then returns the endpoint's cursor (the
+    /// last event id it acknowledged, 0 for a new one). `None` while another
+    /// node's lease runs.
+    fn lease_webhook(
+        &self,
+        endpoint: &str,
+        node: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreFuture<'_, Option<i64>>;
+    /// Moves `endpoint`'s cursor forward to `acked` (never back) if `node`
+    /// still holds its lease, even run out, as long as nobody took it over;
+    /// false (nothing changed) if another node did.
+    fn advance_webhook(&self, endpoint: &str, node: &str, acked: i64) -> StoreFuture<'_, bool>;
+    /// A cursor kept outside the store by an older version: moves `endpoint`'s
+    /// cursor forward to `acked` (never back), adding the endpoint unleased.
+    fn import_webhook_cursor(&self, endpoint: &str, acked: i64) -> StoreFuture<'_, ()>;
+    /// `endpoint`'s cursor and lease; `None` if it has had neither.
+    fn webhook_cursor(&self, endpoint: &str) -> StoreFuture<'_, Option<WebhookCursor>>;
+}
+
 /// The whole store: every role. Implemented for any type that has them all.
 pub trait Store:
     QueueStore
@@ -265,6 +296,7 @@ pub trait Store:
     + AccountStore
     + ApiKeyStore
     + DashboardStore
+    + SharedStore
     + ShapingStore
 {
 }
@@ -277,6 +309,7 @@ impl<T> Store for T where
         + AccountStore
         + ApiKeyStore
         + DashboardStore
+        + SharedStore
         + ShapingStore
         + ?Sized
 {

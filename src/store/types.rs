@@ -129,6 +129,17 @@ pub struct ClusterStatus {
     pub pending: usize,
 }
 
+/// A webhook endpoint's progress through the event log and the node posting to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookCursor {
+    /// The last event id the endpoint acknowledged (0: none yet).
+    pub acked: i64,
+    /// The node that holds (or last held) the endpoint's lease.
+    pub holder: Option<String>,
+    /// Unix ms when the holder's lease ends unless renewed.
+    pub lease_until: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
     pub name: String,

@@ -35,17 +35,12 @@ async fn newest_event(store: &dyn Store, from: i64) -> Result<i64, WebError> {
 async fn show(ctx: Ctx, viewer: Viewer) -> Result<Response, WebError> {
     viewer.require_admin()?;
     let config = &ctx.api.config;
-    let cursors: Vec<(String, i64)> = config
-        .webhooks
-        .iter()
-        .map(|h| {
-            (
-                h.url.clone(),
-                crate::webhooks::cursor(&config.data_dir, &h.url),
-            )
-        })
-        .collect();
-    let slowest = cursors.iter().map(|(_, c)| *c).min().unwrap_or(0);
+    let mut cursors = Vec::with_capacity(config.webhooks.len());
+    for hook in &config.webhooks {
+        let (cursor, holder) = crate::webhooks::cursor(ctx.api.store.as_ref(), &hook.url).await?;
+        cursors.push((hook.url.clone(), cursor, holder));
+    }
+    let slowest = cursors.iter().map(|(_, c, _)| *c).min().unwrap_or(0);
     let newest = if cursors.is_empty() {
         0
     } else {
@@ -53,7 +48,7 @@ async fn show(ctx: Ctx, viewer: Viewer) -> Result<Response, WebError> {
     };
     let endpoints: Vec<Value> = cursors
         .iter()
-        .map(|(url, cursor)| context! { url, cursor, behind => newest - cursor })
+        .map(|(url, cursor, holder)| context! { url, cursor, holder, behind => newest - cursor })
         .collect();
     let deliveries: Vec<Value> = ctx
         .api

@@ -20,7 +20,7 @@ use outpost::config::Config;
 use outpost::server::Running;
 use outpost::store::UserRecord;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use support::fakes::sink::SmtpSink;
 use tempfile::TempDir;

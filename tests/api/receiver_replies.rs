@@ -2,8 +2,8 @@
 //! (Exim's `250 OK id=...`) is a success everywhere it is reported: the message
 //! status, the event log and the webhook batches.
 
-use super::webhooks::{Receiver, events_of};
 use super::*;
+use crate::support::fakes::webhook::{Receiver, events_of};
 
 #[tokio::test]
 async fn a_250_without_enhanced_code_is_reported_as_2_0_0() {

@@ -1,78 +1,7 @@
 //! Webhooks: signed batches, retried after a failure, resumed after a restart.
 
 use super::*;
-
-/// One POST as received: the signature header and the body.
-pub(super) type Hit = (String, Vec<u8>);
-
-/// A webhook endpoint on loopback that records every POST (signature header and
-/// body) and answers 500 to the first `failures` of them, 200 after.
-pub(super) struct Receiver {
-    pub(super) url: String,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    notify: Arc<tokio::sync::Notify>,
-}
-
-impl Receiver {
-    pub(super) async fn start(failures: usize) -> Receiver {
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post({
-                let (hits, notify) = (hits.clone(), notify.clone());
-                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
-                    let signature = headers
-                        .get("x-outpost-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    let n = {
-                        let mut hits = hits.lock().unwrap();
-                        hits.push((signature, body.to_vec()));
-                        hits.len()
-                    };
-                    notify.notify_waiters();
-                    if n <= failures {
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        axum::http::StatusCode::OK
-                    }
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { url, hits, notify }
-    }
-
-    /// Waits until a POST has been received for which `done` holds; returns all.
-    pub(super) async fn wait(&self, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let waiting = self.notify.notified();
-            tokio::pin!(waiting);
-            waiting.as_mut().enable();
-            {
-                let hits = self.hits.lock().unwrap();
-                if done(&hits) {
-                    return hits.clone();
-                }
-            }
-            tokio::time::timeout_at(end, waiting)
-                .await
-                .expect("the webhook was called within the deadline");
-        }
-    }
-}
-
-/// Every event in every POST received, in order.
-pub(super) fn events_of(hits: &[Hit]) -> Vec<Value> {
-    hits.iter()
-        .flat_map(|(_, body)| serde_json::from_slice::<Vec<Value>>(body).unwrap())
-        .collect()
-}
+use crate::support::fakes::webhook::{Receiver, events_of};
 
 fn send_one(to: &str) -> Value {
     json!({"from": "a@alice.example", "to": [to], "subject": "s", "text": "t"})
@@ -122,17 +51,28 @@ async fn webhook_delivery_resumes_after_a_restart_without_repeats() {
         })
         .await;
     let last_id = events_of(&hits).last().unwrap()["id"].as_i64().unwrap();
-    // The cursor is saved just after the 2xx: wait for it before stopping.
-    use sha2::Digest;
-    let cursor = server.dir.path().join("webhooks").join(format!(
-        "{}.cursor",
-        hex::encode(sha2::Sha256::digest(receiver.url.as_bytes()))
-    ));
+    // The cursor is recorded in the store just after the 2xx: wait for it
+    // before stopping.
     let end = tokio::time::Instant::now() + DEADLINE;
-    while std::fs::read_to_string(&cursor).ok().as_deref() != Some(last_id.to_string().as_str()) {
+    loop {
+        let (cursor, holder) =
+            outpost::webhooks::cursor(server.running.store.as_ref(), &receiver.url)
+                .await
+                .unwrap();
+        if cursor == last_id {
+            assert!(
+                holder.is_some(),
+                "the node posting holds the endpoint's lease"
+            );
+            break;
+        }
         assert!(tokio::time::Instant::now() < end, "cursor never saved");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        !server.dir.path().join("webhooks").exists(),
+        "no cursor file: the store keeps it"
+    );
 
     let server = server.restart().await;
     let second = server.send(ALICE, send_one("two@nine.example")).await;

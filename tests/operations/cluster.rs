@@ -7,7 +7,10 @@
 //! cluster's: the destination never sees more than `max_connections_per_domain`
 //! connections from all nodes together, `messages_per_minute` is one pace for
 //! all, and a suspension made by one node holds on the others until `outpost
-//! queue retry` on any node lifts it. Runs when `OUTPOST_TEST_POSTGRES` names a
+//! queue retry` on any node lifts it. The nodes share one event log (paged
+//! from any node, no gaps or repeats), post each event to a webhook once
+//! between them (another node taking over when the poster dies), and sign
+//! unsubscribe links with one key. Runs when `OUTPOST_TEST_POSTGRES` names a
 //! server.
 
 use super::postgres::Schema;
@@ -18,6 +21,7 @@ use crate::support::delivery::{
 };
 use crate::support::fakes::dns::FakeDns;
 use crate::support::fakes::sink::{Received, SmtpSink};
+use crate::support::fakes::webhook::{Receiver, events_of};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 /// The claim lease of the nodes: short, so a takeover is quick to see.
 const LEASE: Duration = Duration::from_secs(2);
 const PER_NODE: usize = 10;
+/// What the node that posts to a webhook endpoint logs when it starts to.
+const POSTS: &str = "this node posts to the endpoint";
 
 /// How many accepted messages carry each marker.
 fn counts(received: &[Received], markers: &[String]) -> Vec<usize> {
@@ -231,9 +237,24 @@ async fn three_nodes_deliver_once_and_take_over_a_killed_nodes_work() {
         .start()
         .await;
     let dns = FakeDns::start("pg.test MX 10 mx.pg.test\nmx.pg.test A 127.0.0.1\n").await;
+    let hook = Receiver::start(0).await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let configs = node_configs(&dirs, &schema, &dns, sink.port(), slow.port());
-    let mut nodes: Vec<Option<Process>> = configs.iter().map(|c| Some(Process::start(c))).collect();
+    for config in &configs {
+        let mut text = std::fs::read_to_string(config).unwrap();
+        text.push_str(&format!(
+            "\n[[webhooks]]\nurl = \"{}\"\nsecret = \"hook-secret\"\n",
+            hook.url
+        ));
+        std::fs::write(config, text).unwrap();
+    }
+    // n0 starts first and takes the webhook's lease: its death, below, makes
+    // another node take the endpoint over.
+    let first = Process::start(&configs[0]);
+    first.wait_for_log(POSTS, WAIT);
+    let mut nodes: Vec<Option<Process>> = std::iter::once(Some(first))
+        .chain(configs[1..].iter().map(|c| Some(Process::start(c))))
+        .collect();
     let logs = node_logs;
 
     // Every node accepts mail; each message reaches the sink exactly once.
@@ -311,6 +332,33 @@ async fn three_nodes_deliver_once_and_take_over_a_killed_nodes_work() {
     // could take them over sooner than the rest of the lease.
     assert!(takeover >= LEASE / 2, "{takeover:?}");
     assert_eq!(duplicates, 0, "{delivered:?}");
+
+    // A survivor took the webhook over: every event reaches the endpoint, at
+    // least once (a batch n0 had posted without recording it comes again).
+    let logged = logged_ids(&schema).await;
+    let hits = hook
+        .wait(|hits| {
+            let posted: std::collections::HashSet<i64> = events_of(hits)
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap())
+                .collect();
+            logged.iter().all(|id| posted.contains(id))
+        })
+        .await;
+    let posts = events_of(&hits).len();
+    eprintln!(
+        "cluster: webhook: {} events in the log, {posts} posted ({} again after the takeover)",
+        logged.len(),
+        posts - logged.len()
+    );
+    assert!(
+        nodes
+            .iter()
+            .flatten()
+            .any(|node| node.log_text().contains(POSTS)),
+        "{}",
+        logs(&nodes)
+    );
     for node in nodes.into_iter().flatten() {
         node.kill();
     }
@@ -679,4 +727,253 @@ async fn a_suspension_holds_on_every_node_until_a_retry_on_any_node() {
     wait_all_delivered(&schema, markers.len() as i64, || cluster.logs()).await;
     assert!(counts(&sink.messages(), &markers).iter().all(|&c| c == 1));
     assert_eq!(deliveries_per_node(&cluster), [markers.len()]);
+}
+
+/// An admin's view of `GET /v1/events` on one node, paged `limit` at a time.
+struct EventPager {
+    http: reqwest::Client,
+    base: String,
+    password: String,
+    after: i64,
+}
+
+impl EventPager {
+    fn new(node: &Process, password: &str) -> EventPager {
+        EventPager {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", node.http_addr()),
+            password: password.to_string(),
+            after: 0,
+        }
+    }
+
+    /// The ids of the next page (empty at the end of the log for now).
+    async fn page(&mut self, limit: usize) -> Vec<i64> {
+        let page: serde_json::Value = self
+            .http
+            .get(format!(
+                "{}/v1/events?after={}&limit={limit}",
+                self.base, self.after
+            ))
+            .basic_auth("root", Some(&self.password))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        self.after = page["next"].as_i64().unwrap();
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// Every id from where it is to the end of the log.
+    async fn rest(&mut self) -> Vec<i64> {
+        let mut ids = Vec::new();
+        loop {
+            let page = self.page(7).await;
+            if page.is_empty() {
+                return ids;
+            }
+            ids.extend(page);
+        }
+    }
+}
+
+/// The ids in the events table, in order: what every reader must see.
+async fn logged_ids(schema: &Schema) -> Vec<i64> {
+    schema
+        .query("SELECT id FROM events ORDER BY id")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_share_one_event_stream_one_webhook_poster_and_one_link_key() {
+    let Some(schema) = Schema::create("three_nodes_share_events_webhooks_and_the_link_key").await
+    else {
+        return;
+    };
+    let sink = SmtpSink::start_default().await;
+    let dns = FakeDns::start("pg.test MX 10 mx.pg.test\nmx.pg.test A 127.0.0.1\n").await;
+    let hook = Receiver::start(0).await;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<PathBuf> = dirs
+        .iter()
+        .enumerate()
+        .map(|(n, dir)| {
+            // A lease long enough that a node slowed down by a busy machine
+            // keeps the webhook: this test wants each event posted once.
+            let setup = Setup::new(&dns, sink.port()).toml(&format!(
+                "[server]\nnode_name = \"e{n}\"\n[store]\nurl = \"{}\"\nlease = \"10s\"\n\
+                 [[webhooks]]\nurl = \"{}\"\nsecret = \"hook-secret\"",
+                schema.url(),
+                hook.url
+            ));
+            write_config(dir.path(), &setup)
+        })
+        .collect();
+    let added = cli_ok(
+        &configs[0],
+        &["user", "add", "root", "--domain", "news.test", "--admin"],
+    );
+    let password = added
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("a generated password")
+        .to_string();
+    let nodes: Vec<Process> = configs.iter().map(|c| Process::start(c)).collect();
+    let logs = || {
+        nodes
+            .iter()
+            .map(Process::log_text)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+
+    // One reader pages node 0's log all along while the three nodes accept
+    // and deliver: a write committed late must not fall behind its cursor.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pager = EventPager::new(&nodes[0], &password);
+    let paging = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut seen = Vec::new();
+            loop {
+                let last_word = stop.load(std::sync::atomic::Ordering::SeqCst);
+                let page = pager.page(7).await;
+                if page.is_empty() && last_word {
+                    return seen;
+                }
+                seen.extend(page);
+            }
+        }
+    });
+    let sessions: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let addr = node.addr;
+            tokio::spawn(async move {
+                let mut client = crate::support::common::Client::connect(addr).await;
+                client.expect_greeting().await;
+                client.ehlo().await;
+                // A 452 is a refusal to try again, as any client does: PostgreSQL
+                // may end one of two nodes' transactions that wait for each
+                // other's rows (the dashboard's counters) as a deadlock.
+                let mut refused = 0;
+                for i in 0..PER_NODE {
+                    let rcpt = format!("r{i}@pg.test");
+                    let marker = format!("events-e{n}-{i:03}");
+                    let content = mail(SENDER, &rcpt, &marker);
+                    loop {
+                        let reply = client.send_mail(SENDER, &[&rcpt], &content).await;
+                        if reply.code != 452 || refused == 10 {
+                            reply.queue_id();
+                            break;
+                        }
+                        refused += 1;
+                    }
+                }
+                client.quit().await;
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for session in sessions {
+        refused += session.await.unwrap();
+    }
+
+    // A message sent through node 0's API carries a List-Unsubscribe link
+    // signed by node 0; node 1 takes it.
+    let sent = reqwest::Client::new()
+        .post(format!("http://{}/v1/messages", nodes[0].http_addr()))
+        .basic_auth("root", Some(&password))
+        .json(&serde_json::json!({
+            "from": "letters@news.test", "to": ["reader@pg.test"],
+            "subject": "news", "text": "hello"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success(), "{}", sent.status());
+    let total = 3 * PER_NODE + 1;
+    wait_all_delivered(&schema, total as i64, logs).await;
+    let letter = sink
+        .messages()
+        .into_iter()
+        .find(|m| m.rcpt_to == ["reader@pg.test"])
+        .expect("the letter was delivered");
+    let text = String::from_utf8_lossy(&letter.data).into_owned();
+    let token = text[text.find("/u/").expect("an unsubscribe link") + 3..]
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let unsubscribed = reqwest::Client::new()
+        .post(format!("http://{}/u/{token}", nodes[1].http_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsubscribed.status(), 200, "node 1 verifies node 0's link");
+    let suppressed = schema
+        .query("SELECT reason FROM suppressions WHERE address = 'reader@pg.test'")
+        .await;
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0].get::<_, String>(0), "unsubscribe");
+
+    // Everything is written: the log as it stands is what every reader sees.
+    let logged = logged_ids(&schema).await;
+    // accepted and delivered per message, and the unsubscribe.
+    assert!(logged.len() > 2 * total, "{logged:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = paging.await.unwrap();
+    assert_eq!(seen, logged, "node 0's reader, paging while nodes wrote");
+    for node in &nodes[1..] {
+        assert_eq!(EventPager::new(node, &password).rest().await, logged);
+    }
+
+    // The webhook got each event once: one node posted, the others waited.
+    let hits = hook
+        .wait(|hits| {
+            let posted: std::collections::HashSet<i64> = events_of(hits)
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap())
+                .collect();
+            logged.iter().all(|id| posted.contains(id))
+        })
+        .await;
+    let mut posted: Vec<i64> = events_of(&hits)
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    let posts = posted.len();
+    posted.sort_unstable();
+    posted.dedup();
+    eprintln!(
+        "cluster events: {} events, each seen once by readers of 3 nodes; webhook: {posts} \
+         events posted in {} batches, {} distinct; {refused} acceptance(s) refused with 452 \
+         and sent again",
+        logged.len(),
+        hits.len(),
+        posted.len()
+    );
+    assert_eq!(posted, logged);
+    assert_eq!(posts, logged.len(), "each event posted once");
+    let posters: Vec<&str> = nodes
+        .iter()
+        .zip(["e0", "e1", "e2"])
+        .filter(|(node, _)| node.log_text().contains(POSTS))
+        .map(|(_, name)| name)
+        .collect();
+    assert_eq!(posters.len(), 1, "{posters:?}\n{}", logs());
 }

@@ -81,7 +81,15 @@ async fn a_sqlite_store_migrates_to_postgres_and_its_queue_is_delivered() {
     );
     let records = cli_ok(&old_config, &["domain", "dns", "carol.test"]);
     let keys = cli_ok(&old_config, &["key", "list"]);
-    let unsubscribe_key = std::fs::read(old.path().join("data").join("unsubscribe.key")).unwrap();
+    // The link key is in the store (secret `unsubscribe`), not in a file.
+    let unsubscribe_key: Vec<u8> = rusqlite::Connection::open(old.path().join("data/outpost.db"))
+        .unwrap()
+        .query_row(
+            "SELECT value FROM secrets WHERE name = 'unsubscribe'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
 
     // The cluster's first node, on PostgreSQL, with a data_dir of its own.
     let new = tempfile::tempdir().unwrap();
@@ -100,11 +108,11 @@ async fn a_sqlite_store_migrates_to_postgres_and_its_queue_is_delivered() {
     assert!(out.contains(&format!("messages: {QUEUED} row(s)")), "{out}");
     assert!(out.contains("users: 1 row(s)"), "{out}");
     assert!(out.contains("dkim_keys: 1 row(s)"), "{out}");
-    // The unsubscribe links already sent verify on the new node.
-    assert_eq!(
-        std::fs::read(new.path().join("data").join("unsubscribe.key")).unwrap(),
-        unsubscribe_key
-    );
+    // The unsubscribe links already sent verify on the new nodes.
+    let copied = schema
+        .query("SELECT value FROM secrets WHERE name = 'unsubscribe'")
+        .await;
+    assert_eq!(copied[0].get::<_, Vec<u8>>(0), unsubscribe_key);
     // Into a store that holds anything, never.
     let again = cli(
         &new_config,

@@ -1,7 +1,6 @@
 //! [`DomainStore`] and [`AccountStore`] on PostgreSQL: sending domains with their
 //! DKIM keys, and users with the domains they may send as.
 
-use super::events::insert_event;
 use super::{Conn, PostgresStore, rows};
 use crate::store::*;
 
@@ -125,7 +124,7 @@ impl DomainStore for PostgresStore {
                 if paused {
                     let event =
                         domain_event(EventKind::DomainPaused, domain, pause.since, pause.reason);
-                    insert_event(conn, &event).await?;
+                    conn.log_event(event);
                 }
                 Ok(paused)
             })
@@ -153,11 +152,7 @@ impl DomainStore for PostgresStore {
                     )
                     .await?;
                 let note = format!("{due} recipient(s) made due");
-                insert_event(
-                    conn,
-                    &domain_event(EventKind::DomainResumed, domain, now, note),
-                )
-                .await?;
+                conn.log_event(domain_event(EventKind::DomainResumed, domain, now, note));
                 Ok(true)
             })
         }))

@@ -11,7 +11,8 @@
 //! implemented in its own file, as for SQLite: `queue.rs`, `events.rs`,
 //! `suppressions.rs`, `accounts.rs` (domains and users), `api_keys.rs`,
 //! `dashboard.rs`, `shaping.rs` (what the nodes share to shape traffic, outside
-//! the group commit); `schema.rs` holds the versioned migrations run at open.
+//! the group commit), `shared.rs` (secrets, webhook cursors); `schema.rs` holds
+//! the versioned migrations run at open.
 //!
 //! Connections are plain TCP (or a Unix socket): TLS to the database is not
 //! supported yet (`sslmode=require` fails to connect).
@@ -29,6 +30,7 @@ mod events;
 mod queue;
 mod schema;
 mod shaping;
+mod shared;
 mod suppressions;
 mod writer;
 
@@ -183,6 +185,9 @@ pub(super) struct Conn {
     /// The task driving the socket, stopped with the connection: one whose
     /// server hangs would otherwise wait on it forever.
     task: tokio::task::JoinHandle<()>,
+    /// The events the writer's open transaction has logged, inserted just
+    /// before its COMMIT (`events.rs` says why); always empty on a reader.
+    logged: Mutex<Vec<Event>>,
 }
 
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
@@ -209,6 +214,7 @@ impl Conn {
                 timeout,
                 timed_out: AtomicBool::new(false),
                 task,
+                logged: Mutex::new(Vec::new()),
             })
         };
         tokio::time::timeout(timeout, connecting)
@@ -238,6 +244,26 @@ impl Conn {
                 Err(no_answer(self.timeout))
             }
         }
+    }
+
+    /// Logs an event of the open transaction (inserted at its end).
+    pub(super) fn log_event(&self, event: Event) {
+        self.logged.lock().expect("event log lock").push(event);
+    }
+
+    /// How many events the open transaction has logged: a mark to roll back to.
+    fn logged_count(&self) -> usize {
+        self.logged.lock().expect("event log lock").len()
+    }
+
+    /// Forgets the events logged after `mark` (their write was rolled back).
+    fn forget_logged(&self, mark: usize) {
+        self.logged.lock().expect("event log lock").truncate(mark);
+    }
+
+    /// The events logged, emptying the log.
+    fn take_logged(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.logged.lock().expect("event log lock"))
     }
 
     async fn statement(&self, sql: &str) -> StoreResult<Statement> {
@@ -457,6 +483,158 @@ mod tests {
         assert_eq!(writes, 200.0);
         assert!(commits < 200.0, "{commits} commits for 200 writes");
         assert_eq!(store.pending_recipients().await.unwrap(), 200);
+    }
+
+    /// Another session's uncommitted user `name`: a store adding the same user
+    /// waits for it. Returns the session and its transaction id.
+    async fn hold_user(url: &str, name: &str) -> (tokio_postgres::Client, String) {
+        let client = connect(url).await;
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .execute(
+                "INSERT INTO users (name, password_hash, admin) VALUES ($1, 'h', FALSE)",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        let xid = client
+            .query_one("SELECT pg_current_xact_id()::TEXT", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (client, xid)
+    }
+
+    /// Waits until a session waits for transaction `xid`.
+    async fn wait_for_waiter(observer: &tokio_postgres::Client, xid: &str) {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_locks WHERE NOT granted
+                     AND locktype = 'transactionid' AND transactionid::TEXT = $1",
+                    &[&xid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < end, "nobody waits for {xid}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls `future` once: a store write is in its writer's queue after that.
+    async fn submit<F: Future + Unpin>(future: &mut F) {
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut *future).poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Node A's transaction logs an event, then waits (here for a row lock)
+    /// before it can commit; meanwhile node B commits an event. A reader that
+    /// has read B's must still find A's once A commits: A's id must be the
+    /// greater. (With ids drawn when the event is written, A's is the smaller
+    /// and the reader, past it, never sees it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_committed_late_is_not_skipped_by_a_reader() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let (a, b) = (
+            PostgresStore::open(&schema.url, 16).await.unwrap(),
+            PostgresStore::open(&schema.url, 16).await.unwrap(),
+        );
+        let observer = connect(&schema.url).await;
+        let user = |name: &str| UserRecord {
+            name: name.into(),
+            password_hash: "h".into(),
+            admin: false,
+            domains: Vec::new(),
+        };
+        // A's writer is held up by a first write, so the next two queue behind
+        // it and share a transaction: the acceptance, then a write that waits.
+        let (first_holder, first_xid) = hold_user(&schema.url, "first").await;
+        let (second_holder, second_xid) = hold_user(&schema.url, "second").await;
+        let mut first = a.add_user(user("first"));
+        submit(&mut first).await;
+        wait_for_waiter(&observer, &first_xid).await;
+        let pause = |domain: &str| DomainPause {
+            domain: domain.into(),
+            since: 1,
+            reason: "test".into(),
+        };
+        let mut paused_on_a = a.pause_domain(pause("a.example"));
+        submit(&mut paused_on_a).await;
+        let mut second = a.add_user(user("second"));
+        submit(&mut second).await;
+        first_holder.batch_execute("ROLLBACK").await.unwrap();
+        first.await.unwrap();
+        wait_for_waiter(&observer, &second_xid).await;
+
+        // A's event is written, not committed; B's commits. (Not acceptances:
+        // those share a row of the dashboard's counters, so B would wait for A.)
+        assert!(b.pause_domain(pause("b.example")).await.unwrap());
+        let read = a.events(0, 100).await.unwrap();
+        assert_eq!(read.len(), 1, "only B's event is visible: {read:?}");
+        let cursor = read[0].id;
+        second_holder.batch_execute("ROLLBACK").await.unwrap();
+        assert!(paused_on_a.await.unwrap());
+        second.await.unwrap();
+        let rest = a.events(cursor, 100).await.unwrap();
+        let domains: Vec<_> = read
+            .iter()
+            .chain(&rest)
+            .map(|e| e.domain.clone().unwrap())
+            .collect();
+        assert_eq!(domains, ["b.example", "a.example"]);
+    }
+
+    /// The events a write logs go with it: not inserted when it fails, while
+    /// its neighbours' in the same commit are.
+    #[tokio::test]
+    async fn events_of_a_failed_write_are_not_inserted() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url, 16).await.unwrap();
+        let event = |kind| Event {
+            id: 0,
+            at: 1,
+            kind,
+            message_id: None,
+            recipient: Some("x@example.net".into()),
+            user: None,
+            reply: None,
+            class: None,
+            asynchronous: false,
+            domain: None,
+        };
+        let failing = store.write(move |conn| {
+            Box::pin(async move {
+                conn.log_event(event(EventKind::Complained));
+                conn.execute("SELECT 1 / 0", &[]).await?;
+                Ok(())
+            })
+        });
+        let (failed, appended) = tokio::join!(
+            failing,
+            store.append_events(vec![event(EventKind::Unsubscribed)])
+        );
+        assert!(failed.is_err());
+        appended.unwrap();
+        let kinds: Vec<EventKind> = store
+            .events(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, vec![EventKind::Unsubscribed]);
     }
 
     #[tokio::test]

@@ -5,7 +5,6 @@
 //! for (or claiming twice) the ones another is taking.
 
 use super::dashboard::{ENQUEUE_SQL, EnqueueFacts};
-use super::events::insert_event;
 use super::{Conn, Params, PostgresStore, rows};
 use crate::smtp::Mailbox;
 use crate::store::*;
@@ -227,9 +226,10 @@ impl QueueStore for PostgresStore {
                 }
                 let facts = EnqueueFacts::of(&message);
                 // One statement (one round trip inside the group commit): the
-                // message, its recipients (arrays, unnested), their `accepted`
-                // events and the dashboard's rows. Foreign keys are checked at
-                // the statement's end, when the message row is there.
+                // message, its recipients (arrays, unnested) and the dashboard's
+                // rows. Foreign keys are checked at the statement's end, when
+                // the message row is there. The recipients' `accepted` events
+                // are logged, to go in with the batch's others (events.rs).
                 conn.execute(
                     &format!(
                         "WITH message AS (
@@ -241,10 +241,6 @@ impl QueueStore for PostgresStore {
                                  CASE WHEN r.status = 'queued' THEN $19::TEXT END
                              FROM unnest($9::TEXT[], $10::TEXT[], $11::TEXT[]) WITH ORDINALITY
                                  AS r(address, domain, status, n)),
-                         accepted AS (
-                             INSERT INTO events (at, kind, message_id, recipient, user_name)
-                             SELECT $6, 'accepted', $1, a.address, $3
-                             FROM unnest($9::TEXT[]) WITH ORDINALITY AS a(address, n) ORDER BY n),
                          {ENQUEUE_SQL}"
                     ),
                     &[
@@ -270,6 +266,20 @@ impl QueueStore for PostgresStore {
                     ],
                 )
                 .await?;
+                for address in addresses {
+                    conn.log_event(Event {
+                        id: 0,
+                        at: message.received_at,
+                        kind: EventKind::Accepted,
+                        message_id: Some(message.id.clone()),
+                        recipient: Some(address),
+                        user: message.auth_user.clone(),
+                        reply: None,
+                        class: None,
+                        asynchronous: false,
+                        domain: None,
+                    });
+                }
                 Ok(())
             })
         }))
@@ -394,7 +404,7 @@ impl QueueStore for PostgresStore {
                         asynchronous: false,
                         domain: None,
                     };
-                    insert_event(conn, &event).await?;
+                    conn.log_event(event);
                 }
                 if let Some((_, sending_domain)) = &facts {
                     super::dashboard::record_attempts(conn, &id, sending_domain, &updates, now)

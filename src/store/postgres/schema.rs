@@ -200,6 +200,22 @@ DO $$ BEGIN
     END IF;
 END $$;
 "#,
+    // 5: what nodes share besides mail (store/mod.rs `SharedStore`): generated
+    // secrets, and each webhook endpoint's cursor with the lease of the node
+    // posting to it. `endpoint` is a hash of the URL, not the URL (which may
+    // hold a token).
+    r#"
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE webhook_cursors (
+    endpoint TEXT PRIMARY KEY,
+    acked BIGINT NOT NULL,
+    holder TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0
+);
+"#,
 ];
 
 /// Whether Outpost's tables are in the database (in the search path).

@@ -4,7 +4,9 @@
 //! flush, `synchronous_commit = on`), and only then answers every job. Round
 //! trips to the server are what a batch's time goes to, so the savepoints ride
 //! along with other statements and `enqueue` is one statement. Under load,
-//! many sessions share one commit, as with SQLite (`sqlite/writer.rs`).
+//! many sessions share one commit, as with SQLite (`sqlite/writer.rs`). The
+//! events the batch's writes logged go in last, just before the COMMIT, under
+//! the cluster-wide lock that orders event ids (`events.rs`).
 //!
 //! Stages are reported as for SQLite ([`CommitStages`]): waiting for the batch,
 //! running its writes (round trips to the server), and the COMMIT.
@@ -50,7 +52,11 @@ where
 {
     fn run<'c>(self: Box<Self>, conn: &'c Conn) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>> {
         Box::pin(async move {
+            let mark = conn.logged_count();
             let result = (self.write)(conn).await;
+            if result.is_err() {
+                conn.forget_logged(mark);
+            }
             let usable = result.is_ok() || conn.batch("ROLLBACK TO SAVEPOINT job").await.is_ok();
             let reply = self.reply;
             Ran {
@@ -189,12 +195,18 @@ async fn writer_loop(
             }
             completions.push(ran.complete);
         }
+        // The batch's events go in last, each id drawn just before the COMMIT
+        // (events.rs: ids visible in order across nodes).
+        if broken.is_none() {
+            broken = super::events::insert_logged(&c).await.err();
+        }
         let written = Instant::now();
         // COMMIT of an aborted transaction "succeeds" as a ROLLBACK, so a batch
         // whose savepoint handling failed is rolled back and reported failed.
         let committed = match broken {
             None => c.batch("COMMIT").await,
             Some(e) => {
+                c.take_logged();
                 let _ = c.batch("ROLLBACK").await;
                 Err(e)
             }

@@ -13,8 +13,9 @@
 //! proceed while the writer commits. Each role of the store (see `store/mod.rs`)
 //! is implemented in its own file: `queue.rs`, `events.rs`, `suppressions.rs`,
 //! `accounts.rs` (domains and users), `api_keys.rs`, `dashboard.rs` (counters,
-//! search, attempt details); `schema.rs` creates and migrates the tables. Large
-//! message bodies are kept in files beside the database (`spool.rs`).
+//! search, attempt details), `shared.rs` (secrets, webhook cursors); `schema.rs`
+//! creates and migrates the tables. Large message bodies are kept in files
+//! beside the database (`spool.rs`).
 
 mod accounts;
 mod api_keys;
@@ -24,6 +25,7 @@ mod events;
 mod queue;
 mod schema;
 mod shaping;
+mod shared;
 mod spool;
 mod suppressions;
 mod writer;

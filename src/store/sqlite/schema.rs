@@ -95,6 +95,16 @@ CREATE TABLE IF NOT EXISTS domain_pauses (
     since INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    endpoint TEXT PRIMARY KEY,
+    acked INTEGER NOT NULL,
+    holder TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0
+);
 ";
 
 /// Brings a database made by an older version up to the current schema.

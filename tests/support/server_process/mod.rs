@@ -128,6 +128,14 @@ impl Process {
         }
     }
 
+    /// The HTTP API's address, from the start-up log (waited for).
+    pub fn http_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("HTTP API listening", STARTUP_DEADLINE);
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix("http_addr=")?.parse().ok())
+            .unwrap_or_else(|| panic!("no http_addr in {line:?}"))
+    }
+
     /// The address of the first listener in `mode` (`relay`, `submissions`, ...),
     /// from the start-up log.
     pub fn listener(&self, mode: &str) -> Option<SocketAddr> {
