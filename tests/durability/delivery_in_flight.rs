@@ -6,7 +6,8 @@ use crate::support::delivery as delivery_support;
 use crate::support::fakes;
 
 use delivery_support::{
-    Process, SENDER, Setup, WAIT, cli, cli_ok, client_of, mail, with_marker, write_config,
+    Process, SENDER, Setup, WAIT, cli, cli_ok, client_of, deliver_marked, mail, with_marker,
+    write_config,
 };
 use fakes::dns::FakeDns;
 use fakes::sink::SmtpSink;
@@ -96,17 +97,18 @@ async fn kill_9_during_delivery_loses_nothing() {
     let server = Process::start(&config);
 
     let mut client = client_of(&server).await;
-    let mut markers = Vec::new();
-    for (prefix, count) in [("fresh", FRESH), ("retry", RETRIED)] {
-        for n in 0..count {
-            let rcpt = format!("{prefix}-{n}@crash.test");
-            let marker = format!("crash-{prefix}-{n:02}");
-            client
-                .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
-                .await;
-            markers.push(marker);
-        }
-    }
+    let messages =
+        [("fresh", FRESH), ("retry", RETRIED)]
+            .into_iter()
+            .flat_map(|(prefix, count)| {
+                (0..count).map(move |n| {
+                    (
+                        format!("{prefix}-{n}@crash.test"),
+                        format!("crash-{prefix}-{n:02}"),
+                    )
+                })
+            });
+    let markers = deliver_marked(&mut client, messages).await;
     client.quit().await;
     // Every message is in the middle of a transaction (data sent, no reply yet).
     let stalled = stalling.wait_for_attempts(FRESH + RETRIED, WAIT).await;

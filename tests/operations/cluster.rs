@@ -16,8 +16,8 @@
 use super::postgres::Schema;
 use crate::support::common::Client;
 use crate::support::delivery::{
-    Process, SENDER, Setup, WAIT, cli_ok, client_of, deliveries_by_marker, mail, with_marker,
-    write_config,
+    Process, SENDER, Setup, WAIT, cli_ok, client_of, deliver_marked, deliveries_by_marker, mail,
+    with_marker, write_config,
 };
 use crate::support::fakes::dns::FakeDns;
 use crate::support::fakes::sink::{Received, SmtpSink};
@@ -120,15 +120,16 @@ impl Cluster {
                     let mut client = Client::connect(addr).await;
                     client.expect_greeting().await;
                     client.ehlo().await;
-                    let mut markers = Vec::new();
-                    for i in 0..count {
-                        let marker = format!("{rcpt_domain}-n{n}-{i:03}");
-                        let rcpt = format!("r{i}@{rcpt_domain}");
-                        client
-                            .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
-                            .await;
-                        markers.push(marker);
-                    }
+                    let markers = deliver_marked(
+                        &mut client,
+                        (0..count).map(|i| {
+                            (
+                                format!("r{i}@{rcpt_domain}"),
+                                format!("{rcpt_domain}-n{n}-{i:03}"),
+                            )
+                        }),
+                    )
+                    .await;
                     client.quit().await;
                     markers
                 })
@@ -189,16 +190,12 @@ fn node_configs(
 
 /// Submits `n` messages for slow.test to `node`, marked `{prefix}-{i}`.
 async fn submit_slow(node: &Process, prefix: &str, n: usize) -> Vec<String> {
-    let mut markers = Vec::new();
     let mut client = client_of(node).await;
-    for i in 0..n {
-        let marker = format!("{prefix}-{i:03}");
-        let rcpt = format!("s{i}@slow.test");
-        client
-            .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
-            .await;
-        markers.push(marker);
-    }
+    let markers = deliver_marked(
+        &mut client,
+        (0..n).map(|i| (format!("s{i}@slow.test"), format!("{prefix}-{i:03}"))),
+    )
+    .await;
     client.quit().await;
     markers
 }
@@ -261,14 +258,13 @@ async fn three_nodes_deliver_once_and_take_over_a_killed_nodes_work() {
     let mut markers = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
         let mut client = client_of(node.as_ref().unwrap()).await;
-        for i in 0..PER_NODE {
-            let marker = format!("cluster-n{n}-{i:03}");
-            let rcpt = format!("r{i}@pg.test");
-            client
-                .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
-                .await;
-            markers.push(marker);
-        }
+        markers.extend(
+            deliver_marked(
+                &mut client,
+                (0..PER_NODE).map(|i| (format!("r{i}@pg.test"), format!("cluster-n{n}-{i:03}"))),
+            )
+            .await,
+        );
         client.quit().await;
     }
     let total = markers.len();
@@ -692,15 +688,12 @@ async fn a_suspension_holds_on_every_node_until_a_retry_on_any_node() {
     };
 
     // n1 meets the "slow down" and suspends the destination: for n0 too.
-    let mut markers = Vec::new();
     let mut client = client_of(cluster.node(1)).await;
-    for i in 0..3 {
-        let (rcpt, marker) = (format!("b{i}@pg.test"), format!("held-n1-{i}"));
-        client
-            .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
-            .await;
-        markers.push(marker);
-    }
+    let mut markers = deliver_marked(
+        &mut client,
+        (0..3).map(|i| (format!("b{i}@pg.test"), format!("held-n1-{i}"))),
+    )
+    .await;
     client.quit().await;
     wait_deferred(&schema, 3).await;
     cluster

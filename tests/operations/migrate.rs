@@ -8,7 +8,8 @@
 
 use super::postgres::Schema;
 use crate::support::delivery::{
-    Process, SENDER, Setup, WAIT, cli, cli_ok, client_of, deliveries_by_marker, mail, write_config,
+    Process, Setup, WAIT, cli, cli_ok, client_of, deliver_marked, deliveries_by_marker,
+    write_config,
 };
 use crate::support::fakes::dns::FakeDns;
 use crate::support::fakes::sink::SmtpSink;
@@ -36,15 +37,11 @@ async fn a_sqlite_store_migrates_to_postgres_and_its_queue_is_delivered() {
     );
     let node = Process::start(&old_config);
     let mut client = client_of(&node).await;
-    let mut markers = Vec::new();
-    for i in 0..QUEUED {
-        let marker = format!("migrated-{i:03}");
-        let rcpt = format!("r{i}@pg.test");
-        client
-            .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
-            .await;
-        markers.push(marker);
-    }
+    let markers = deliver_marked(
+        &mut client,
+        (0..QUEUED).map(|i| (format!("r{i}@pg.test"), format!("migrated-{i:03}"))),
+    )
+    .await;
     client.quit().await;
     node.signal("TERM");
     let mut node = node;

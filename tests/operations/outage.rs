@@ -8,7 +8,7 @@
 use super::postgres::Schema;
 use crate::support::common::Client;
 use crate::support::delivery::{
-    Process, SENDER, Setup, WAIT, deliveries_by_marker, mail, write_config,
+    Process, SENDER, Setup, WAIT, client_of, deliveries_by_marker, mail, write_config,
 };
 use crate::support::fakes::cut::CuttableLink;
 use crate::support::fakes::dns::FakeDns;
@@ -268,9 +268,7 @@ async fn a_hung_database_is_given_up_after_the_timeout() {
         (&dns, &sink),
         |s| s,
     );
-    let mut client = Client::connect(node.addr).await;
-    client.expect_greeting().await;
-    client.ehlo().await;
+    let mut client = client_of(&node).await;
     let send = |marker: &str| mail(SENDER, "bob@pg.test", marker);
     client
         .send_mail(SENDER, &["bob@pg.test"], &send("hung-before"))
@@ -357,9 +355,7 @@ async fn a_node_cut_off_stops_delivering_and_another_takes_its_work_over() {
             })
         })
         .collect();
-    let mut client = Client::connect(nodes[0].addr).await;
-    client.expect_greeting().await;
-    client.ehlo().await;
+    let mut client = client_of(&nodes[0]).await;
     let mut markers = Vec::new();
     for i in 0..BACKLOG {
         let marker = format!("backlog-{i:02}");

@@ -455,6 +455,22 @@ pub async fn client_of(process: &Process) -> Client {
     client
 }
 
+/// Delivers one message from [`SENDER`] per `(recipient, marker)` on `client`, each
+/// of which must be queued, and returns the markers in order.
+pub async fn deliver_marked(
+    client: &mut Client,
+    messages: impl IntoIterator<Item = (String, String)>,
+) -> Vec<String> {
+    let mut markers = Vec::new();
+    for (rcpt, marker) in messages {
+        client
+            .deliver(SENDER, &[&rcpt], &mail(SENDER, &rcpt, &marker))
+            .await;
+        markers.push(marker);
+    }
+    markers
+}
+
 /// Writes `setup`'s configuration to `dir/outpost.toml` (data in `dir/data`).
 pub fn write_config(dir: &Path, setup: &Setup) -> PathBuf {
     let path = dir.join("outpost.toml");
